@@ -1,0 +1,5 @@
+import sys
+
+from cfajax._cli import main
+
+sys.exit(main())
