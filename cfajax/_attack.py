@@ -1,215 +1,33 @@
-"""The Counterfactual Attack: gradient ascent in a generator's latent space.
+"""The public Counterfactual Attack: validation, then a scheduler.
 
-For one latent `z` and a target class `t`, repeat
-
-    if q_t(G(z)) >= threshold: stop (reached)
-    z <- z + step_size * grad_z objective(f(G(z)), t)
-
-where `q_t` is the classifier's probability of the target. The per-latent
-state machine (`init_state`, `attack_step`) is written for a single example;
-`attack_latent` runs it to completion with `lax.while_loop`, and
-`counterfactual_attack` vmaps that over a batch and jits it once.
+Inputs are checked in Python before anything is traced, so that a wrong shape,
+dtype or value is a `ValueError` that names what was expected; inside the
+compiled loop, failures are result codes (`Status`), never exceptions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cfajax import _scheduler
 from cfajax._callables import as_pure_callable
+from cfajax._loop import PRECISIONS
+from cfajax._loop import AttackConfig
+from cfajax._loop import AttackHyper
+from cfajax._loop import AttackResult
 
 OBJECTIVES = ("logit", "prob", "log_prob")
+SCHEDULES = ("continuous", "static")
 DEFAULT_STEP_SIZE = 0.1
 DEFAULT_MAX_STEPS = 500
 DEFAULT_BATCH_SIZE = 4096
-
-
-class Status(enum.IntEnum):
-  """Why a latent stopped. Stored as int32 in `AttackResult.status`."""
-
-  REACHED = 0  # the target probability reached the threshold
-  MAX_STEPS = 1  # `max_steps` updates were taken without reaching it
-  ZERO_GRADIENT = 2  # the objective's gradient vanished (norm <= grad_tol)
-  NON_FINITE = 3  # the probability or the gradient became NaN or infinite
-
-
-RUNNING = -1  # internal: the latent has not stopped yet
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackConfig:
-  """The options that change the compiled program (static and hashable)."""
-
-  objective: str = "logit"
-  optimizer: optax.GradientTransformation | None = None
-
-
-class AttackHyper(NamedTuple):
-  """The options that are traced: new values never trigger a recompile."""
-
-  threshold: jax.Array  # () float32, in (0, 1)
-  step_size: jax.Array  # () float, plain ascent only
-  max_steps: jax.Array  # () int32
-  grad_tol: jax.Array  # () float32
-
-
-class LatentState(NamedTuple):
-  """The carry of one latent's loop. Shapes are for one example."""
-
-  z: jax.Array  # (d,)
-  opt_state: Any  # the optimizer's state for z (an empty tuple for plain ascent)
-  target: jax.Array  # () int32
-  steps: jax.Array  # () int32, updates taken so far
-  status: jax.Array  # () int32, RUNNING or a `Status`
-  initial_prob: jax.Array  # () float32, target probability at the start
-  final_prob: jax.Array  # () float32, target probability at the last check
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class AttackResult:
-  """Counterfactual latents and why each stopped; a pytree of arrays.
-
-  Attributes:
-    z: (n, d) final latents; the counterfactuals are `decode(z)`.
-    target: (n,) int32 target of each latent.
-    steps: (n,) int32 number of updates taken (0 if the target held at once).
-    status: (n,) int32 `Status` codes.
-    initial_prob: (n,) float32 target probability of the starting latent.
-    final_prob: (n,) float32 target probability of the final latent.
-  """
-
-  z: jax.Array
-  target: jax.Array
-  steps: jax.Array
-  status: jax.Array
-  initial_prob: jax.Array
-  final_prob: jax.Array
-
-  @property
-  def success(self) -> jax.Array:
-    """(n,) bool: whether each latent reached its target."""
-    return self.status == Status.REACHED
-
-  def __len__(self) -> int:
-    return self.z.shape[0]
-
-
-def target_scores(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Log-odds and log-probability of the target for one example.
-
-  Args:
-    logits: (K,) logits. `K == 1` is a sigmoid binary classifier whose target
-      1 means "p >= threshold" and 0 means "p <= 1 - threshold"; `K >= 2` is
-      a softmax classifier.
-    target: () integer class index.
-
-  Returns:
-    `(log_odds, log_prob)`, both scalars: `log q - log(1 - q)` and `log q`,
-    where `q` is the target's probability. The log-odds never saturates.
-  """
-  if logits.shape[-1] == 1:
-    margin = jnp.where(target == 1, logits[0], -logits[0])
-    return margin, jax.nn.log_sigmoid(margin)
-  log_p = jax.nn.log_softmax(logits)
-  others = jnp.where(jnp.arange(logits.shape[-1]) == target, -jnp.inf, logits)
-  return logits[target] - jax.nn.logsumexp(others), log_p[target]
-
-
-def _objective_and_prob(decode, classify, objective, z, target):
-  logits = classify(decode(z[None]))[0].astype(jnp.float32)
-  log_odds, log_prob = target_scores(logits, target)
-  value = {"logit": log_odds, "prob": jnp.exp(log_prob), "log_prob": log_prob}[objective]
-  return value, jnp.exp(log_prob)
-
-
-def init_state(config: AttackConfig, z: jax.Array, target: jax.Array) -> LatentState:
-  """The loop state of one latent `z` (d,) before its first check."""
-  opt_state = () if config.optimizer is None else config.optimizer.init(z)
-  nan = jnp.array(jnp.nan, jnp.float32)
-  return LatentState(
-      z=z,
-      opt_state=opt_state,
-      target=jnp.asarray(target, jnp.int32),
-      steps=jnp.array(0, jnp.int32),
-      status=jnp.array(RUNNING, jnp.int32),
-      initial_prob=nan,
-      final_prob=nan,
-  )
-
-
-def attack_step(
-    decode: Callable, classify: Callable, config: AttackConfig, hyper: AttackHyper,
-    state: LatentState,
-) -> LatentState:
-  """Checks the target, then takes one ascent step if the latent may go on.
-
-  A latent that has already stopped is returned unchanged, so the step can be
-  applied to a pool in which some latents have finished.
-  """
-  grad_fn = jax.value_and_grad(_objective_and_prob, argnums=3, has_aux=True)
-  (_, prob), grad = grad_fn(decode, classify, config.objective, state.z, state.target)
-  running = state.status == RUNNING
-
-  finite = jnp.isfinite(prob) & jnp.all(jnp.isfinite(grad))
-  grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32))))
-  status = jnp.select(
-      [prob >= hyper.threshold, ~finite, state.steps >= hyper.max_steps,
-       grad_norm <= hyper.grad_tol],
-      [Status.REACHED, Status.NON_FINITE, Status.MAX_STEPS, Status.ZERO_GRADIENT],
-      RUNNING,
-  ).astype(jnp.int32)
-  status = jnp.where(running, status, state.status)
-  move = status == RUNNING
-
-  if config.optimizer is None:
-    new_z = state.z + hyper.step_size.astype(state.z.dtype) * grad
-    new_opt_state = state.opt_state
-  else:
-    # optax minimises; ascend by handing it the negated gradient.
-    updates, new_opt_state = config.optimizer.update(-grad, state.opt_state, state.z)
-    new_z = optax.apply_updates(state.z, updates)
-  keep = lambda new, old: jnp.where(move, new, old)
-  return LatentState(
-      z=keep(new_z, state.z),
-      opt_state=jax.tree_util.tree_map(keep, new_opt_state, state.opt_state),
-      target=state.target,
-      steps=state.steps + move.astype(jnp.int32),
-      status=status,
-      initial_prob=jnp.where(running & (state.steps == 0), prob, state.initial_prob),
-      final_prob=jnp.where(running, prob, state.final_prob),
-  )
-
-
-def attack_latent(
-    decode: Callable, classify: Callable, config: AttackConfig, hyper: AttackHyper,
-    z: jax.Array, target: jax.Array,
-) -> LatentState:
-  """Runs the attack on one latent `z` (d,) until it stops. Not jitted."""
-  step = lambda state: attack_step(decode, classify, config, hyper, state)
-  return jax.lax.while_loop(
-      lambda state: state.status == RUNNING, step, init_state(config, z, target))
-
-
-def result_from_states(state: LatentState) -> AttackResult:
-  """Drops the optimizer state from a batch of finished loop states."""
-  return AttackResult(
-      z=state.z, target=state.target, steps=state.steps, status=state.status,
-      initial_prob=state.initial_prob, final_prob=state.final_prob)
-
-
-@functools.partial(jax.jit, static_argnames="config")
-def _attack_batch(decode, classify, z, target, hyper, *, config):
-  attack = jax.vmap(attack_latent, in_axes=(None, None, None, None, 0, 0))
-  return result_from_states(attack(decode, classify, config, hyper, z, target))
 
 
 # -- validation, done in Python before anything is traced ---------------------
@@ -310,10 +128,12 @@ def make_hyper(threshold, step_size, max_steps, grad_tol, dtype) -> AttackHyper:
   )
 
 
-def make_config(objective: str, optimizer, step_size) -> tuple[AttackConfig, float]:
+def make_config(objective: str, optimizer, step_size, precision) -> tuple[AttackConfig, float]:
   """Checks the static options; returns the config and the plain step size."""
   if objective not in OBJECTIVES:
     raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
   if optimizer is not None:
     if step_size is not None:
       raise ValueError(
@@ -323,14 +143,8 @@ def make_config(objective: str, optimizer, step_size) -> tuple[AttackConfig, flo
       raise ValueError(
           f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}")
     step_size = 1.0  # unused by the optax branch; any valid value
-  return AttackConfig(objective, optimizer), DEFAULT_STEP_SIZE if step_size is None else step_size
-
-
-def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-  """Pads axis 0 to `size` by repeating the last row (a real, finite input)."""
-  if x.shape[0] == size:
-    return x
-  return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+  config = AttackConfig(objective, optimizer, precision)
+  return config, DEFAULT_STEP_SIZE if step_size is None else step_size
 
 
 def counterfactual_attack(
@@ -345,13 +159,17 @@ def counterfactual_attack(
     objective: str = "logit",
     optimizer: optax.GradientTransformation | None = None,
     grad_tol: float = 0.0,
+    precision: str = "float32",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    schedule: str = "continuous",
+    mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    return_stats: bool = False,
 ) -> AttackResult:
   """Moves each latent until the classifier gives its target `threshold` probability.
 
   Each latent is attacked independently: its result does not depend on the
-  batch size or on the other latents in its batch.
+  batch size, the schedule or the other latents in its batch.
 
   Args:
     decode: maps latents (B, d) to images (B, H, W, C). An `nnx.Module`
@@ -373,12 +191,22 @@ def counterfactual_attack(
       instead of plain ascent.
     grad_tol: a latent whose gradient norm is `<= grad_tol` stops with
       `Status.ZERO_GRADIENT`.
-    batch_size: latents per compiled call. Larger `n` is split into chunks of
-      this size (the last padded) so that one compilation serves them all.
-    progress: show a progress bar over chunks.
+    precision: `"float32"`, or `"bfloat16"` to run the decoder and the
+      classifier in bf16 (latents, gradients and updates stay in z's dtype).
+    batch_size: latents on the device at once. With `schedule="static"`,
+      chunks of this size (the last padded) share one compilation; with
+      `"continuous"`, the pool size (split over the mesh's devices).
+    schedule: `"continuous"` keeps a pool of `batch_size` latents busy,
+      refilling a slot as soon as its latent stops; `"static"` runs
+      fixed chunks in which every latent waits for the slowest.
+    mesh: a one-axis mesh of local devices for the continuous schedule
+      (default: all of this process's devices).
+    progress: show a progress bar over latents.
+    return_stats: also return a dict of scheduling statistics (loop
+      iterations, pool size, useful-step fraction).
 
   Returns:
-    An `AttackResult` of length n.
+    An `AttackResult` of length n (and the stats dict if `return_stats`).
 
   Raises:
     ValueError: on inputs of the wrong shape, dtype or range, non-finite
@@ -389,7 +217,9 @@ def counterfactual_attack(
     >>> result = counterfactual_attack(vae.decode, classifier, vae.encode(x), target=9)
     >>> counterfactuals = vae.decode(result.z[result.success])
   """
-  config, step_size = make_config(objective, optimizer, step_size)
+  config, step_size = make_config(objective, optimizer, step_size, precision)
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
   z = check_latents(z)
   if int(batch_size) != batch_size or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
@@ -398,20 +228,19 @@ def counterfactual_attack(
   target = check_targets(target, z.shape[0], signature.num_logits)
   hyper = make_hyper(threshold, step_size, max_steps, grad_tol, z.dtype)
 
-  n = z.shape[0]
-  if n == 0:
-    raise ValueError("z holds no latents; expected shape (n, d) with n >= 1")
-  chunk = min(int(batch_size), n)
-  starts = range(0, n, chunk)
+  bar = None
   if progress:
     from tqdm.auto import tqdm
-    starts = tqdm(starts, desc="counterfactual attack", unit="chunk")
-  parts = []
-  for start in starts:
-    zc, tc = z[start:start + chunk], target[start:start + chunk]
-    out = _attack_batch(decode, classify, _pad_rows(zc, chunk), _pad_rows(tc, chunk),
-                        hyper, config=config)
-    parts.append(jax.tree_util.tree_map(lambda a, m=len(zc): a[:m], out))
-  if len(parts) == 1:
-    return parts[0]
-  return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+    bar = tqdm(total=z.shape[0], desc="counterfactual attack", unit="latent")
+  try:
+    if schedule == "static":
+      result, stats = _scheduler.run_static(
+          decode, classify, z, target, hyper, config, batch_size=int(batch_size), progress=bar)
+    else:
+      result, stats = _scheduler.run_continuous(
+          decode, classify, z, target, hyper, config, batch_size=int(batch_size), mesh=mesh,
+          progress=bar, segment_iterations=64 if progress else None)
+  finally:
+    if bar is not None:
+      bar.close()
+  return (result, stats) if return_stats else result

@@ -11,7 +11,7 @@ from flax import nnx
 
 import cfajax
 from cfajax import Status
-from cfajax import _attack
+from cfajax import _scheduler
 
 D, H, W = 4, 3, 3
 
@@ -201,11 +201,11 @@ def test_second_call_with_new_values_does_not_compile_again():
   decode, classify = mlp_models()
   options = dict(step_size=0.3, max_steps=50)
   cfajax.counterfactual_attack(decode, classify, latents(8, seed=1), 0, threshold=0.6, **options)
-  compiled = _attack._attack_batch._cache_size()
+  compiled = _scheduler._advance_sharded._cache_size()
   cfajax.counterfactual_attack(
       decode, classify, latents(8, seed=2), np.arange(8) % 3, threshold=0.7, step_size=0.2,
       max_steps=60)
-  assert _attack._attack_batch._cache_size() == compiled
+  assert _scheduler._advance_sharded._cache_size() == compiled
 
 
 class _TinyDecoder(nnx.Module):
@@ -223,23 +223,23 @@ def test_nnx_modules_pass_weights_as_arguments_not_constants():
   z = latents(4)
   options = dict(threshold=0.9, step_size=0.5, max_steps=40)
   a = cfajax.counterfactual_attack(first.decode, classify, z, 1, **options)
-  compiled = _attack._attack_batch._cache_size()
+  compiled = _scheduler._advance_sharded._cache_size()
   b = cfajax.counterfactual_attack(second.decode, classify, z, 1, **options)
-  assert _attack._attack_batch._cache_size() == compiled
+  assert _scheduler._advance_sharded._cache_size() == compiled
   # New weights, same structure: same program, different (not stale) answers.
   assert not np.allclose(a.initial_prob, b.initial_prob)
   want = jax.nn.softmax(classify(second.decode(z)))[:, 1]
   np.testing.assert_allclose(b.initial_prob, want, rtol=1e-5)
 
 
-def test_chunks_compile_once():
+def test_static_chunks_compile_once():
   decode, classify = mlp_models(seed=3)
-  options = dict(threshold=0.7, step_size=0.4, max_steps=30, batch_size=3)
+  options = dict(threshold=0.7, step_size=0.4, max_steps=30, batch_size=3, schedule="static")
   cfajax.counterfactual_attack(decode, classify, latents(3, seed=8), 1, **options)
-  compiled = _attack._attack_batch._cache_size()
+  compiled = _scheduler._attack_batch._cache_size()
   result = cfajax.counterfactual_attack(decode, classify, latents(10, seed=9), 1, **options)
   assert len(result) == 10 and result.z.shape == (10, D)
-  assert _attack._attack_batch._cache_size() == compiled
+  assert _scheduler._attack_batch._cache_size() == compiled
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,255 @@
+"""Batch schedulers: how many latents' loops share the device, and when.
+
+Two schedulers run the per-latent state machine of `_loop.py`:
+
+* `run_static`: each chunk of `batch_size` latents is one vmapped
+  `while_loop`; every latent of the chunk waits for the slowest one.
+* `run_continuous`: a fixed pool of slots stays on the device; a latent that
+  stops is written out and its slot is refilled from the queue inside the
+  compiled loop, so the pool stays busy when step counts vary widely. The pool
+  and the queue are sharded over a mesh of local devices (`shard_map`); each
+  device runs its own loop over its share, with no communication.
+
+Both give each latent the same arithmetic, so a latent's result does not depend
+on the scheduler, the batch size or its neighbours.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cfajax._loop import EMPTY
+from cfajax._loop import RUNNING
+from cfajax._loop import AttackResult
+from cfajax._loop import attack_latent
+from cfajax._loop import attack_step
+from cfajax._loop import cast_model
+from cfajax._loop import init_state
+from cfajax._loop import result_from_states
+
+DATA_AXIS = "data"
+
+
+def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """Pads axis 0 to `size` by repeating the last row (a real, finite input)."""
+  if x.shape[0] == size:
+    return x
+  return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def _take_rows(tree, count: int):
+  return jax.tree_util.tree_map(lambda a: a[:count], tree)
+
+
+def _concat(parts):
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+
+
+# -- static batches ------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _attack_batch(decode, classify, z, target, hyper, *, config):
+  decode, classify = cast_model(decode, config.precision), cast_model(classify, config.precision)
+  attack = jax.vmap(attack_latent, in_axes=(None, None, None, None, 0, 0))
+  return result_from_states(attack(decode, classify, config, hyper, z, target))
+
+
+def run_static(decode, classify, z, target, hyper, config, *, batch_size, progress=None):
+  """Attacks (n, d) latents in vmapped chunks of `batch_size` (the last padded)."""
+  n = z.shape[0]
+  chunk = min(batch_size, n)
+  parts = []
+  for start in range(0, n, chunk):
+    zc, tc = z[start:start + chunk], target[start:start + chunk]
+    out = _attack_batch(decode, classify, _pad_rows(zc, chunk), _pad_rows(tc, chunk), hyper,
+                        config=config)
+    parts.append(_take_rows(out, len(zc)))
+    if progress is not None:
+      progress.update(len(zc))
+  return _concat(parts), {"loop_iterations": None}
+
+
+# -- continuous batching -------------------------------------------------------
+
+
+class Pool(NamedTuple):
+  """The carry of the continuous scheduler on one device. P slots, Q queued."""
+
+  slots: object  # LatentState with (P, ...) leaves
+  slot_index: jax.Array  # (P,) int32 queue position held by each slot; -1 if empty
+  next_index: jax.Array  # (1,) int32 next queue position to load
+  iterations: jax.Array  # (1,) int32 loop iterations run so far
+  outputs: AttackResult  # (Q, ...) results, written as latents stop
+
+
+def _where_rows(mask, new, old):
+  """Per-row select between two pytrees whose leaves lead with mask's axis."""
+  def pick(a, b):
+    return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+  return jax.tree_util.tree_map(pick, new, old)
+
+
+def _load(config, z_queue, target_queue, n_valid, positions):
+  """Fresh loop states for queue `positions` (P,); past `n_valid` they are empty."""
+  valid = positions < n_valid
+  safe = jnp.where(valid, positions, 0)
+  states = jax.vmap(init_state, in_axes=(None, 0, 0))(config, z_queue[safe], target_queue[safe])
+  states = states._replace(status=jnp.where(valid, states.status, EMPTY))
+  return states, jnp.where(valid, positions, -1)
+
+
+def _pool_start(config, z_queue, target_queue, n_valid, pool_size):
+  slots, slot_index = _load(config, z_queue, target_queue, n_valid,
+                            jnp.arange(pool_size, dtype=jnp.int32))
+  queue = z_queue.shape[0]
+  outputs = AttackResult(
+      z=z_queue,
+      target=target_queue,
+      steps=jnp.zeros((queue,), jnp.int32),
+      status=jnp.full((queue,), EMPTY, jnp.int32),
+      initial_prob=jnp.full((queue,), jnp.nan, jnp.float32),
+      final_prob=jnp.full((queue,), jnp.nan, jnp.float32),
+  )
+  return Pool(slots, slot_index, jnp.array([pool_size], jnp.int32), jnp.zeros((1,), jnp.int32),
+              outputs)
+
+
+def _pool_advance(decode, classify, config, hyper, z_queue, target_queue, n_valid, pool,
+                  stop_at):
+  """Runs the pool's loop until it drains or `stop_at` iterations have run."""
+  step = jax.vmap(attack_step, in_axes=(None, None, None, None, 0))
+  queue = z_queue.shape[0]
+
+  def body(pool: Pool) -> Pool:
+    slots = step(decode, classify, config, hyper, pool.slots)
+    done = (slots.status != RUNNING) & (pool.slot_index >= 0)
+    write_at = jnp.where(done, pool.slot_index, queue)  # out of range: dropped
+    outputs = jax.tree_util.tree_map(
+        lambda buffer, value: buffer.at[write_at].set(value, mode="drop"),
+        pool.outputs, result_from_states(slots))
+    positions = pool.next_index[0] + jnp.cumsum(done, dtype=jnp.int32) - 1
+    fresh, fresh_index = _load(config, z_queue, target_queue, n_valid, positions)
+    return Pool(
+        slots=_where_rows(done, fresh, slots),
+        slot_index=jnp.where(done, fresh_index, pool.slot_index),
+        next_index=pool.next_index + jnp.sum(done, dtype=jnp.int32),
+        iterations=pool.iterations + 1,
+        outputs=outputs,
+    )
+
+  def cond(pool: Pool):
+    return jnp.any(pool.slot_index >= 0) & (pool.iterations[0] < stop_at)
+
+  return jax.lax.while_loop(cond, body, pool)
+
+
+def local_mesh(devices=None) -> Mesh:
+  """A one-axis mesh ("data") over this process's devices (or those given)."""
+  devices = jax.local_devices() if devices is None else list(devices)
+  return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "pool_size", "mesh"))
+def _start_sharded(z_queue, target_queue, n_valid, *, config, pool_size, mesh):
+  start = lambda z, t, n: _pool_start(config, z, t, n[0], pool_size)
+  return jax.shard_map(start, mesh=mesh, in_specs=P(DATA_AXIS), out_specs=_pool_specs(),
+                       check_vma=False)(z_queue, target_queue, n_valid)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames="pool")
+def _advance_sharded(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at, *,
+                     config, mesh):
+  decode, classify = cast_model(decode, config.precision), cast_model(classify, config.precision)
+
+  def advance(decode, classify, hyper, z, t, n, pool, stop_at):
+    return _pool_advance(decode, classify, config, hyper, z, t, n[0], pool, stop_at)
+
+  return jax.shard_map(
+      advance, mesh=mesh,
+      in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), _pool_specs(), P()),
+      out_specs=_pool_specs(), check_vma=False,
+  )(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at)
+
+
+def _pool_specs():
+  # Every leaf of the pool is split over devices along its first axis; the
+  # per-device counters (next_index, iterations) are (1,) blocks of a
+  # (num_devices,) array.
+  return Pool(slots=P(DATA_AXIS), slot_index=P(DATA_AXIS), next_index=P(DATA_AXIS),
+              iterations=P(DATA_AXIS), outputs=P(DATA_AXIS))
+
+
+def _queue_length(per_device: int, pool_size: int) -> int:
+  """Queue slots per device: pool_size times a power of two, so that a range of
+  dataset sizes shares one compilation."""
+  blocks = max(1, -(-per_device // pool_size))
+  return pool_size * (1 << (blocks - 1).bit_length())
+
+
+def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, mesh=None,
+                   progress=None, segment_iterations=None):
+  """Attacks (n, d) latents with a pool of `batch_size` slots kept full.
+
+  Example i goes to device `i % num_devices`; each device keeps
+  `batch_size // num_devices` slots and its own queue.
+
+  Returns:
+    `(result, stats)`: an `AttackResult` in input order, and a dict with
+    `loop_iterations` (per device), `pool_size` and `useful_step_fraction`
+    (sum of steps over pool size times loop iterations).
+  """
+  mesh = local_mesh() if mesh is None else mesh
+  devices = mesh.devices.size
+  n, d = z.shape
+  per_device = -(-n // devices)
+  pool_size = max(1, min(batch_size // devices, per_device))
+  queue = _queue_length(per_device, pool_size)
+
+  # Device-major layout: device k holds examples k, k + devices, k + 2*devices, ...
+  order = np.arange(devices * queue).reshape(queue, devices).T.reshape(-1)
+  real = order < n
+  # Padding rows are never loaded (each device stops at its n_valid).
+  z_queue = np.where(real[:, None], z[np.minimum(order, n - 1)], 0)
+  t_queue = np.where(real, target[np.minimum(order, n - 1)], 0).astype(np.int32)
+  n_valid = np.array([(n - k + devices - 1) // devices for k in range(devices)], np.int32)
+  sharded = NamedSharding(mesh, P(DATA_AXIS))
+  z_queue = jax.device_put(z_queue.astype(z.dtype), sharded)
+  t_queue = jax.device_put(t_queue, sharded)
+  n_valid = jax.device_put(n_valid, sharded)
+
+  pool = _start_sharded(z_queue, t_queue, n_valid, config=config, pool_size=pool_size, mesh=mesh)
+  limit = np.iinfo(np.int32).max
+  segment = limit if segment_iterations is None else int(segment_iterations)
+  stop_at = 0
+  reported = 0
+  while True:
+    stop_at = min(stop_at + segment, limit)
+    pool = _advance_sharded(decode, classify, hyper, z_queue, t_queue, n_valid, pool,
+                            jnp.asarray(stop_at, jnp.int32), config=config, mesh=mesh)
+    occupied = np.asarray(pool.slot_index) >= 0
+    if progress is not None:
+      finished = int(np.sum(np.minimum(np.asarray(pool.next_index), n_valid)) - occupied.sum())
+      progress.update(finished - reported)
+      reported = finished
+    if not occupied.any():
+      break
+
+  # Undo the device-major layout and drop the queue's padding.
+  position = np.empty(devices * queue, np.int64)
+  position[order] = np.arange(devices * queue)
+  result = jax.tree_util.tree_map(lambda a: a[position[:n]], pool.outputs)
+  iterations = np.asarray(pool.iterations)
+  useful = float(np.sum(np.asarray(result.steps)) / max(1, np.sum(iterations) * pool_size))
+  return result, {"loop_iterations": iterations.tolist(), "pool_size": pool_size * devices,
+                  "useful_step_fraction": useful}
