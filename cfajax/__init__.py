@@ -5,16 +5,25 @@ The whole public API:
 Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
   AttackResult, Status
+
+Attribute probes (one logistic regression per attribute on latents)
+  fit_probes(z, attributes, *, C, class_weight, standardize, validation, ...) -> Probes
+  Probes: .predict_proba(z), .predict_logit(z), .coef, .intercept, .names,
+          diagnostics (.converged, .grad_norm, .iterations), .val_accuracy, .val_auc
 """
 
 from cfajax._attack import AttackResult
 from cfajax._attack import Status
 from cfajax._attack import counterfactual_attack
+from cfajax._probes import Probes
+from cfajax._probes import fit_probes
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttackResult",
+    "Probes",
     "Status",
     "counterfactual_attack",
+    "fit_probes",
 ]
