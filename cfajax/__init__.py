@@ -10,11 +10,19 @@ Attribute probes (one logistic regression per attribute on latents)
   fit_probes(z, attributes, *, C, class_weight, standardize, validation, ...) -> Probes
   Probes: .predict_proba(z), .predict_logit(z), .coef, .intercept, .names,
           diagnostics (.converged, .grad_norm, .iterations), .val_accuracy, .val_auc
+
+Attributions
+  local_attributions(probes, z, z_cf) -> (n, A) phi = g(z') - g(z)
+  global_attributions(phi, original_prob, *, success, names, ...) -> GlobalAttributions
+  GlobalAttributions: .psi, .stderr, .ci_low, .ci_high, .ranking, .top(k), .to_dict()
 """
 
 from cfajax._attack import AttackResult
 from cfajax._attack import Status
 from cfajax._attack import counterfactual_attack
+from cfajax._attributions import GlobalAttributions
+from cfajax._attributions import global_attributions
+from cfajax._attributions import local_attributions
 from cfajax._probes import Probes
 from cfajax._probes import fit_probes
 
@@ -22,8 +30,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttackResult",
+    "GlobalAttributions",
     "Probes",
     "Status",
     "counterfactual_attack",
     "fit_probes",
+    "global_attributions",
+    "local_attributions",
 ]
