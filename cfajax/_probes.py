@@ -39,6 +39,7 @@ from cfajax._attack import check_latents
 DEFAULT_MAX_ITER = 500
 DEFAULT_TOL = 1e-6
 MEMORY_SIZE = 10  # L-BFGS curvature pairs
+BROADCAST_BUDGET = 2**28  # latent elements a vmapped batch of attributes may copy
 
 
 @jax.tree_util.register_dataclass
@@ -159,17 +160,21 @@ def fit_one_probe(x, y, weight, penalty, tol, max_iter) -> FitResult:
       grad_norm=otu.tree_norm(grad))
 
 
-def default_attribute_batch_size(num_attributes: int) -> int:
+def default_attribute_batch_size(num_attributes: int, n: int, d: int) -> int:
   """All attributes in one vmapped loop on accelerators; one at a time on CPU.
 
   Under `vmap`, the `lax.cond`s inside optax's zoom line search evaluate both
   branches and broadcast the latents to (batch, n, d). On CPU, where one
   attribute's matrix-vector products already use the cores, fitting the
   attributes one after another is faster (40 probes on 10,000 x 64 latents,
-  2 cores: 0.08 s one at a time, 0.18-0.2 s in vmapped batches of 1-4, 0.5 s
-  all 40 at once). Accelerators want the batch for their parallelism.
+  2 CPU cores: 0.1 s one at a time, 0.25 s in vmapped batches of 4, 0.9 s
+  all 40 at once; `benchmarks/fit_probes_bench.py`). Accelerators want the
+  batch for their parallelism (not measured here), up to `BROADCAST_BUDGET`
+  broadcast latent elements (1 GiB of float32).
   """
-  return 1 if jax.default_backend() == "cpu" else num_attributes
+  if jax.default_backend() == "cpu":
+    return 1
+  return max(1, min(num_attributes, BROADCAST_BUDGET // max(n * d, 1)))
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
@@ -358,8 +363,8 @@ def fit_probes(
     seed: seed of the `validation_fraction` split.
     attribute_batch_size: attributes fitted side by side in one vmapped loop
       (memory O(batch * n * d)); 1 fits them one after another. Default: 1 on
-      CPU, all on accelerators (see `default_attribute_batch_size`). Changes
-      speed only, not the result.
+      CPU, all (within a 1 GiB copy of the latents) on accelerators; see
+      `default_attribute_batch_size`. Changes speed and memory, not the result.
 
   Returns:
     `Probes` with coefficients, fit diagnostics and held-out metrics.
@@ -386,13 +391,15 @@ def fit_probes(
   if not tol >= 0:
     raise ValueError(f"tol must be >= 0; got {tol}")
   if attribute_batch_size is None:
-    attribute_batch_size = default_attribute_batch_size(y.shape[1])
+    attribute_batch_size = default_attribute_batch_size(y.shape[1], *z.shape)
   if int(attribute_batch_size) != attribute_batch_size or attribute_batch_size < 1:
     raise ValueError(f"attribute_batch_size must be a positive integer; got {attribute_batch_size}")
   z_fit, y_fit, z_val, y_val = _split(z, y, validation, validation_fraction, seed)
 
   counts = y_fit.sum(axis=0)
-  for a in np.flatnonzero((counts == 0) | (counts == y_fit.shape[0])):
+  one_class = np.flatnonzero((counts == 0) | (counts == y_fit.shape[0]))
+  if one_class.size:
+    a = one_class[0]
     raise ValueError(
         f"attribute {names[a]!r} (column {a}) has only class {int(y_fit[0, a])} among the "
         f"{y_fit.shape[0]} fitting latents; a probe needs both classes")
