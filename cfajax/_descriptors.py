@@ -190,8 +190,8 @@ def digit_descriptors(
     the input. Images without ink get zeros.
 
   Raises:
-    ValueError: on the wrong shape, more than one channel, NaN or inf, or
-      invalid options.
+    ValueError: on the wrong shape, more than one channel, NaN or inf, values
+      outside [0, 1], or invalid options.
   """
   host = np.asarray(images)
   if host.ndim == 4:
@@ -204,6 +204,10 @@ def digit_descriptors(
     raise ValueError(f"images must be numeric; got dtype {host.dtype}")
   if host.dtype.kind == "f" and not np.all(np.isfinite(host)):
     raise ValueError("images hold NaN or inf")
+  if host.size and (host.min() < 0 or host.max() > 1):
+    raise ValueError(
+        f"images must be in [0, 1]; got values in [{host.min()}, {host.max()}] "
+        "(divide 8-bit images by 255, scikit-learn digits by 16)")
   if not 0.0 <= threshold < 1.0:
     raise ValueError(f"threshold must be in [0, 1); got {threshold}")
   n, h, w = host.shape

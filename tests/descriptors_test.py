@@ -82,7 +82,7 @@ def test_longer_strokes_are_longer():
   values = describe(*[rectangle(2, 12, h, 3) for h in (6, 12, 24)])
   assert np.all(np.diff(values[:, LENGTH]) > 5)
   # An L shape is as long as its two arms.
-  ell = rectangle(4, 6, 18, 2) + rectangle(20, 6, 2, 14)
+  ell = np.maximum(rectangle(4, 6, 18, 2), rectangle(20, 6, 2, 14))
   assert describe(ell)[0, LENGTH] == pytest.approx(18 + 14, abs=4)
 
 
@@ -146,6 +146,7 @@ def test_binarize_above_the_median():
         (np.zeros((2, 28, 28, 3)), {}, "grayscale"),
         (np.zeros((28, 28)), {}, r"shape \(n, H, W, 1\)"),
         (np.full((1, 28, 28, 1), np.nan), {}, "NaN"),
+        (np.full((1, 28, 28, 1), 255, np.uint8), {}, r"in \[0, 1\].*divide 8-bit images by 255"),
         (np.zeros((1, 28, 28, 1)), dict(threshold=1.0), "threshold"),
         (np.zeros((1, 28, 28, 1)), dict(upsample=0), "upsample"),
         (np.zeros((1, 2, 2, 1)), {}, "at least 3 x 3"),
@@ -163,3 +164,10 @@ def test_bad_values_for_binarize_are_named():
     cfajax.binarize_descriptors(np.full((3, 6), np.nan))
   with pytest.raises(ValueError, match="thresholds"):
     cfajax.binarize_descriptors(np.zeros((3, 6)), np.zeros(5))
+
+
+def test_new_images_and_threshold_do_not_compile_again():
+  describe(rectangle(4, 4, 10, 6), threshold=0.5)
+  compiled = _descriptors._descriptors_jit._cache_size()
+  describe(sheared_bar(0.3), threshold=0.3)
+  assert _descriptors._descriptors_jit._cache_size() == compiled
