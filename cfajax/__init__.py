@@ -6,6 +6,13 @@ Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
   AttackResult, Status
 
+Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
+  Generator(encode, decode)
+  ConvVAE(config, rngs=)            .encode .encode_stats .decode .reconstruct .loss
+  Classifier(config, rngs=)         .__call__ -> logits  .probabilities .predict .loss
+  VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
+  build_model(kind, config, seed=0) -> ConvVAE | Classifier
+
 Data (float32 NHWC images in [0, 1])
   ImageDataset(images, labels, attributes, attribute_names, ids, name)
   load_digits() -> ImageDataset
@@ -24,6 +31,12 @@ from cfajax._data import load_digits
 from cfajax._data import load_mnist
 from cfajax._data import read_idx
 from cfajax._data import split_dataset
+from cfajax._models import Classifier
+from cfajax._models import ClassifierConfig
+from cfajax._models import ConvVAE
+from cfajax._models import Generator
+from cfajax._models import VAEConfig
+from cfajax._models import build_model
 
 __version__ = "0.1.0"
 
@@ -31,6 +44,13 @@ __all__ = [
     "AttackResult",
     "Status",
     "counterfactual_attack",
+    # models
+    "Classifier",
+    "ClassifierConfig",
+    "ConvVAE",
+    "Generator",
+    "VAEConfig",
+    "build_model",
     # data
     "ImageDataset",
     "load_celeba",
