@@ -13,6 +13,12 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
   build_model(kind, config, seed=0) -> ConvVAE | Classifier
 
+Training and evaluation
+  train_vae(vae, train, test=None, **options) -> (vae, history)
+  train_classifier(classifier, train, test=None, **options) -> (classifier, history)
+  evaluate_vae(vae, data) -> dict;  evaluate_classifier(classifier, dataset) -> dict
+  reconstruct(generator, images) -> np.ndarray
+
 Data (float32 NHWC images in [0, 1])
   ImageDataset(images, labels, attributes, attribute_names, ids, name)
   load_digits() -> ImageDataset
@@ -37,6 +43,11 @@ from cfajax._models import ConvVAE
 from cfajax._models import Generator
 from cfajax._models import VAEConfig
 from cfajax._models import build_model
+from cfajax._train import evaluate_classifier
+from cfajax._train import evaluate_vae
+from cfajax._train import reconstruct
+from cfajax._train import train_classifier
+from cfajax._train import train_vae
 
 __version__ = "0.1.0"
 
@@ -51,6 +62,12 @@ __all__ = [
     "Generator",
     "VAEConfig",
     "build_model",
+    # training
+    "evaluate_classifier",
+    "evaluate_vae",
+    "reconstruct",
+    "train_classifier",
+    "train_vae",
     # data
     "ImageDataset",
     "load_celeba",

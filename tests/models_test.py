@@ -160,6 +160,8 @@ def test_plug_in_generator_pca_with_the_attack():
   assert bool(np.all(result.success)), result.status
   probs = jax.nn.softmax(classify(pca.decode(result.z)))[:, 3]
   assert bool(np.all(probs >= 0.5 - 1e-5))
+  # The same pair serves `reconstruct`, like a ConvVAE.
+  assert cfajax.reconstruct(pca, digits.images[:6]).shape == (6, 8, 8, 1)
 
 
 def test_conv_vae_bound_methods_plug_into_the_attack(tiny_vae, tiny_classifier):
