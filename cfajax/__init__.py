@@ -19,6 +19,11 @@ Training and evaluation
   evaluate_vae(vae, data) -> dict;  evaluate_classifier(classifier, dataset) -> dict
   reconstruct(generator, images) -> np.ndarray
 
+Checkpoints (orbax weights + JSON config)
+  save_model(path, model, metrics=None) -> Path
+  load_model(path) -> ConvVAE | Classifier
+  read_checkpoint_info(path) -> dict
+
 Data (float32 NHWC images in [0, 1])
   ImageDataset(images, labels, attributes, attribute_names, ids, name)
   load_digits() -> ImageDataset
@@ -31,6 +36,9 @@ Data (float32 NHWC images in [0, 1])
 from cfajax._attack import AttackResult
 from cfajax._attack import Status
 from cfajax._attack import counterfactual_attack
+from cfajax._checkpoint import load_model
+from cfajax._checkpoint import read_checkpoint_info
+from cfajax._checkpoint import save_model
 from cfajax._data import ImageDataset
 from cfajax._data import load_celeba
 from cfajax._data import load_digits
@@ -68,6 +76,10 @@ __all__ = [
     "reconstruct",
     "train_classifier",
     "train_vae",
+    # checkpoints
+    "load_model",
+    "read_checkpoint_info",
+    "save_model",
     # data
     "ImageDataset",
     "load_celeba",
