@@ -7,6 +7,32 @@ Counterfactual attack
   AttackResult, Status
   local_mesh(devices=None) -> Mesh      the device mesh the attack shards over
 
+Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
+  Generator(encode, decode)
+  ConvVAE(config, rngs=)            .encode .encode_stats .decode .reconstruct .loss
+  Classifier(config, rngs=)         .__call__ -> logits  .probabilities .predict .loss
+  VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
+  build_model(kind, config, seed=0) -> ConvVAE | Classifier
+
+Training and evaluation
+  train_vae(vae, train, test=None, **options) -> (vae, history)
+  train_classifier(classifier, train, test=None, **options) -> (classifier, history)
+  evaluate_vae(vae, data) -> dict;  evaluate_classifier(classifier, dataset) -> dict
+  reconstruct(generator, images) -> np.ndarray
+
+Checkpoints (orbax weights + JSON config)
+  save_model(path, model, metrics=None) -> Path
+  load_model(path) -> ConvVAE | Classifier
+  read_checkpoint_info(path) -> dict
+
+Data (float32 NHWC images in [0, 1])
+  ImageDataset(images, labels, attributes, attribute_names, ids, name)
+  load_digits() -> ImageDataset
+  load_mnist(data_dir=None, split="train") -> ImageDataset
+  load_celeba(data_dir=None, split="train", image_size=64) -> ImageDataset
+  split_dataset(dataset, num_test, seed=0) -> (train, test)
+  read_idx(path, expected_magic=None) -> np.ndarray
+
 Attribute probes (one logistic regression per attribute on latents)
   fit_probes(z, attributes, *, C, class_weight, standardize, validation, ...) -> Probes
   Probes: .predict_proba(z), .predict_logit(z), .coef, .intercept, .names,
@@ -27,30 +53,77 @@ from cfajax._attack import counterfactual_attack
 from cfajax._attributions import GlobalAttributions
 from cfajax._attributions import global_attributions
 from cfajax._attributions import local_attributions
+from cfajax._checkpoint import load_model
+from cfajax._checkpoint import read_checkpoint_info
+from cfajax._checkpoint import save_model
+from cfajax._data import ImageDataset
+from cfajax._data import load_celeba
+from cfajax._data import load_digits
+from cfajax._data import load_mnist
+from cfajax._data import read_idx
+from cfajax._data import split_dataset
 from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
 from cfajax._descriptors import DESCRIPTOR_NAMES
 from cfajax._descriptors import binarize_descriptors
 from cfajax._descriptors import digit_descriptors
 from cfajax._loop import AttackResult
 from cfajax._loop import Status
+from cfajax._models import Classifier
+from cfajax._models import ClassifierConfig
+from cfajax._models import ConvVAE
+from cfajax._models import Generator
+from cfajax._models import VAEConfig
+from cfajax._models import build_model
 from cfajax._probes import Probes
 from cfajax._probes import fit_probes
 from cfajax._scheduler import local_mesh
+from cfajax._train import evaluate_classifier
+from cfajax._train import evaluate_vae
+from cfajax._train import reconstruct
+from cfajax._train import train_classifier
+from cfajax._train import train_vae
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # attack
     "AttackResult",
-    "DESCRIPTOR_ATTRIBUTE_NAMES",
-    "DESCRIPTOR_NAMES",
+    "Status",
+    "counterfactual_attack",
+    "local_mesh",
+    # models
+    "Classifier",
+    "ClassifierConfig",
+    "ConvVAE",
+    "Generator",
+    "VAEConfig",
+    "build_model",
+    # training
+    "evaluate_classifier",
+    "evaluate_vae",
+    "reconstruct",
+    "train_classifier",
+    "train_vae",
+    # checkpoints
+    "load_model",
+    "read_checkpoint_info",
+    "save_model",
+    # data
+    "ImageDataset",
+    "load_celeba",
+    "load_digits",
+    "load_mnist",
+    "read_idx",
+    "split_dataset",
+    # probes and attributions
     "GlobalAttributions",
     "Probes",
-    "Status",
-    "binarize_descriptors",
-    "counterfactual_attack",
-    "digit_descriptors",
     "fit_probes",
     "global_attributions",
     "local_attributions",
-    "local_mesh",
+    # descriptors
+    "DESCRIPTOR_ATTRIBUTE_NAMES",
+    "DESCRIPTOR_NAMES",
+    "binarize_descriptors",
+    "digit_descriptors",
 ]

@@ -1,0 +1,352 @@
+"""Generators and classifiers as Flax NNX modules, each rebuilt from a small config.
+
+Any pair of JAX callables `encode(x) -> z` and `decode(z) -> x` is a generator
+for cfajax; `ConvVAE` is one that cfajax can train. `Generator` bundles such a
+pair, e.g. for a model trained elsewhere:
+
+    >>> from cfajax._demo import fit_pca
+    >>> digits = cfajax.load_digits()
+    >>> pca = cfajax.Generator(*fit_pca(digits.images, latent_dim=16))
+    >>> z = pca.encode(digits.images[:8])                       # (8, 16)
+    >>> result = cfajax.counterfactual_attack(pca.decode, classifier, z, target=3)
+    >>> counterfactuals = pca.decode(result.z)                 # (8, 8, 8, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+HEADS = ("softmax", "sigmoid")
+
+
+class Generator(NamedTuple):
+  """A generator as two JAX callables; `ConvVAE` has the same two methods.
+
+  Attributes:
+    encode: maps images (B, H, W, C) to latents (B, d), deterministically.
+    decode: maps latents (B, d) to images (B, H, W, C).
+  """
+
+  encode: Callable[[jax.Array], jax.Array]
+  decode: Callable[[jax.Array], jax.Array]
+
+
+def _check_image_shape(image_shape) -> tuple[int, int, int]:
+  shape = tuple(int(s) for s in image_shape)
+  if len(shape) != 3 or min(shape) < 1:
+    raise ValueError(f"image_shape must be (H, W, C) with positive sizes; got {image_shape}")
+  return shape
+
+
+def _check_widths(widths, name: str) -> tuple[int, ...]:
+  widths = tuple(int(w) for w in widths)
+  if not widths or min(widths) < 1:
+    raise ValueError(f"{name} must be a non-empty sequence of positive ints; got {widths}")
+  return widths
+
+
+class _Config:
+  """`to_dict`/`from_dict` for the frozen config dataclasses (JSON-safe)."""
+
+  def to_dict(self) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected {sorted(names)}")
+    return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig(_Config):
+  """Architecture and objective of a `ConvVAE`.
+
+  Attributes:
+    image_shape: (H, W, C) of the images.
+    latent_dim: size d of the latent.
+    widths: channels of the encoder's stride-2 convolutions, one per halving
+      of the resolution; the decoder mirrors them. (32, 64) suits 28x28 and
+      8x8 images; 64x64 faces want four, e.g. (32, 64, 128, 256).
+    beta: weight of the KL term in the objective (beta-VAE; 1 is the ELBO).
+  """
+
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  latent_dim: int = 16
+  widths: tuple[int, ...] = (32, 64)
+  beta: float = 1.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "image_shape", _check_image_shape(self.image_shape))
+    object.__setattr__(self, "widths", _check_widths(self.widths, "widths"))
+    if int(self.latent_dim) != self.latent_dim or self.latent_dim < 1:
+      raise ValueError(f"latent_dim must be a positive int; got {self.latent_dim}")
+    if not (math.isfinite(self.beta) and self.beta >= 0):
+      raise ValueError(f"beta must be a finite number >= 0; got {self.beta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig(_Config):
+  """Architecture of a `Classifier`.
+
+  Attributes:
+    image_shape: (H, W, C) of the images.
+    num_outputs: K logits: the classes of a softmax head, or the independent
+      binary attributes of a sigmoid head.
+    head: "softmax" (one of K classes) or "sigmoid" (K binary attributes).
+    widths: channels of each stage; a stage is `depth` 3x3 convolutions then
+      a 2x2 max pool.
+    depth: convolutions per stage.
+    dense_width: width of the hidden dense layer before the logits.
+    output_names: optional names of the K outputs (class or attribute names).
+  """
+
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  num_outputs: int = 10
+  head: str = "softmax"
+  widths: tuple[int, ...] = (32, 64)
+  depth: int = 1
+  dense_width: int = 128
+  output_names: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    object.__setattr__(self, "image_shape", _check_image_shape(self.image_shape))
+    object.__setattr__(self, "widths", _check_widths(self.widths, "widths"))
+    object.__setattr__(self, "output_names", tuple(self.output_names))
+    if self.head not in HEADS:
+      raise ValueError(f"head must be one of {HEADS}; got {self.head!r}")
+    if int(self.num_outputs) != self.num_outputs or self.num_outputs < 1:
+      raise ValueError(f"num_outputs must be a positive int; got {self.num_outputs}")
+    if self.head == "softmax" and self.num_outputs < 2:
+      raise ValueError("a softmax head needs num_outputs >= 2; use head='sigmoid' for one")
+    if self.output_names and len(self.output_names) != self.num_outputs:
+      raise ValueError(
+          f"output_names has {len(self.output_names)} names for {self.num_outputs} outputs")
+    for name in ("depth", "dense_width"):
+      if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+        raise ValueError(f"{name} must be a positive int; got {getattr(self, name)}")
+
+
+def _halvings(size: int, times: int) -> list[int]:
+  """[size, ceil(size/2), ...]: the spatial sizes after each SAME stride-2 layer."""
+  sizes = [size]
+  for _ in range(times):
+    sizes.append(-(-sizes[-1] // 2))
+  return sizes
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) summed over the last axis, in closed form.
+
+  Args:
+    mean, logvar: (..., d).
+
+  Returns:
+    (...,) nats.
+  """
+  return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+
+
+class ConvVAE(nnx.Module):
+  """A convolutional VAE with a Bernoulli (sigmoid) decoder.
+
+  Encoder: stride-2 4x4 convolutions (`config.widths`), then dense layers to
+  the mean and log-variance. Decoder: a dense layer to the smallest feature
+  map, stride-2 transposed convolutions back to the input size (cropped
+  where a size was odd), and a 3x3 convolution to the image's logits.
+
+  Example:
+    >>> vae = ConvVAE(VAEConfig(image_shape=(8, 8, 1), latent_dim=8), rngs=nnx.Rngs(0))
+    >>> z = vae.encode(x)            # (B, 8), the mean: deterministic
+    >>> images = vae.decode(z)       # (B, 8, 8, 1) in [0, 1]
+  """
+
+  def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    height, width, channels = config.image_shape
+    widths = config.widths
+    self.heights = tuple(_halvings(height, len(widths)))
+    self.widths_px = tuple(_halvings(width, len(widths)))
+    ins = (channels,) + widths[:-1]
+    self.encoder = nnx.List([nnx.Conv(i, o, (4, 4), strides=2, rngs=rngs)
+                             for i, o in zip(ins, widths)])
+    flat = self.heights[-1] * self.widths_px[-1] * widths[-1]
+    self.to_mean = nnx.Linear(flat, config.latent_dim, rngs=rngs)
+    self.to_logvar = nnx.Linear(flat, config.latent_dim, rngs=rngs)
+    self.from_latent = nnx.Linear(config.latent_dim, flat, rngs=rngs)
+    outs = widths[-2::-1] + (widths[0],)
+    self.decoder = nnx.List([nnx.ConvTranspose(i, o, (4, 4), strides=2, rngs=rngs)
+                             for i, o in zip(widths[::-1], outs)])
+    self.to_image = nnx.Conv(widths[0], channels, (3, 3), rngs=rngs)
+
+  def encode_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Images (B, H, W, C) in [0, 1] -> (mean, logvar), each (B, d)."""
+    h = x
+    for conv in self.encoder:
+      h = nnx.silu(conv(h))
+    h = h.reshape(h.shape[0], -1)
+    return self.to_mean(h), self.to_logvar(h)
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    """Images (B, H, W, C) -> latents (B, d): the posterior mean, no sampling."""
+    return self.encode_stats(x)[0]
+
+  def decode_logits(self, z: jax.Array) -> jax.Array:
+    """Latents (B, d) -> per-pixel logits (B, H, W, C)."""
+    h = nnx.silu(self.from_latent(z))
+    h = h.reshape(z.shape[0], self.heights[-1], self.widths_px[-1], self.config.widths[-1])
+    for level, deconv in zip(range(len(self.decoder) - 1, -1, -1), self.decoder):
+      h = nnx.silu(deconv(h)[:, :self.heights[level], :self.widths_px[level]])
+    return self.to_image(h)
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """Latents (B, d) -> images (B, H, W, C) in [0, 1]."""
+    return jax.nn.sigmoid(self.decode_logits(z))
+
+  def reconstruct(self, x: jax.Array) -> jax.Array:
+    """decode(encode(x)): the deterministic reconstruction, (B, H, W, C)."""
+    return self.decode(self.encode(x))
+
+  def __call__(self, x: jax.Array, rngs: nnx.Rngs) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The training forward pass: encode, sample z ~ q(z|x), decode.
+
+    Args:
+      x: (B, H, W, C) images in [0, 1].
+      rngs: draws the noise from its `sample` stream (or its default).
+
+    Returns:
+      `(logits, mean, logvar)`: (B, H, W, C) decoder logits of the sampled
+      latents, and the posterior's (B, d) mean and log-variance.
+    """
+    mean, logvar = self.encode_stats(x)
+    noise = jax.random.normal(rngs.sample(), mean.shape, mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * noise
+    return self.decode_logits(z), mean, logvar
+
+  def loss(self, x: jax.Array, rngs: nnx.Rngs) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The negative beta-ELBO per image, averaged over the batch.
+
+    reconstruction + beta * KL, where reconstruction is the Bernoulli
+    cross-entropy summed over pixels (nats per image).
+
+    Returns:
+      `(loss, metrics)`: a scalar, and per-batch means of "loss",
+      "recon_bce" (per pixel), "mse" (per pixel) and "kl" (nats per image).
+    """
+    logits, mean, logvar = self(x, rngs)
+    bce = jnp.mean(bernoulli_bce(logits, x), axis=(1, 2, 3))  # (B,) per pixel
+    pixels = math.prod(self.config.image_shape)
+    kl = gaussian_kl(mean, logvar)
+    loss = jnp.mean(bce * pixels + self.config.beta * kl)
+    mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - x))
+    return loss, {"loss": loss, "recon_bce": jnp.mean(bce), "mse": mse, "kl": jnp.mean(kl)}
+
+
+def bernoulli_bce(logits: jax.Array, x: jax.Array) -> jax.Array:
+  """Elementwise -[x log sigmoid(l) + (1-x) log sigmoid(-l)]; x may be in [0, 1]."""
+  return jnp.maximum(logits, 0) - logits * x + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+class Classifier(nnx.Module):
+  """A CNN giving K logits: one softmax over K classes, or K sigmoid attributes.
+
+  `depth` 3x3 convolutions then a 2x2 max pool per stage (`config.widths`),
+  a dense hidden layer, and K logits. For a sigmoid head each logit is an
+  independent attribute's log-odds.
+
+  Example:
+    >>> clf = Classifier(ClassifierConfig(image_shape=(8, 8, 1)), rngs=nnx.Rngs(0))
+    >>> logits = clf(x)              # (B, 10)
+  """
+
+  def __init__(self, config: ClassifierConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    height, width, channels = config.image_shape
+    convs = []
+    previous = channels
+    for out in config.widths:
+      for _ in range(config.depth):
+        convs.append(nnx.Conv(previous, out, (3, 3), rngs=rngs))
+        previous = out
+    self.convs = nnx.List(convs)
+    stages = len(config.widths)
+    flat = _halvings(height, stages)[-1] * _halvings(width, stages)[-1] * config.widths[-1]
+    self.hidden = nnx.Linear(flat, config.dense_width, rngs=rngs)
+    self.logits = nnx.Linear(config.dense_width, config.num_outputs, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Images (B, H, W, C) in [0, 1] -> logits (B, K)."""
+    h = x
+    for i, conv in enumerate(self.convs):
+      h = nnx.relu(conv(h))
+      if (i + 1) % self.config.depth == 0:
+        h = nnx.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+    h = nnx.relu(self.hidden(h.reshape(h.shape[0], -1)))
+    return self.logits(h)
+
+  def probabilities(self, x: jax.Array) -> jax.Array:
+    """(B, K): softmax probabilities, or each attribute's sigmoid probability."""
+    logits = self(x)
+    return jax.nn.softmax(logits) if self.config.head == "softmax" else jax.nn.sigmoid(logits)
+
+  def predict(self, x: jax.Array) -> jax.Array:
+    """(B,) class indices (softmax) or (B, K) {0, 1} attributes (sigmoid)."""
+    logits = self(x)
+    if self.config.head == "softmax":
+      return jnp.argmax(logits, axis=-1)
+    return (logits > 0).astype(jnp.int32)
+
+  def loss(self, x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean cross-entropy and accuracy.
+
+    Args:
+      x: (B, H, W, C) images.
+      y: (B,) int class labels (softmax), or (B, K) {0, 1} attributes (sigmoid).
+
+    Returns:
+      `(loss, metrics)`: softmax cross-entropy, or binary cross-entropy averaged
+      over the K attributes; metrics "loss", "accuracy" and, for a sigmoid
+      head, "accuracy_per_output" (K,).
+    """
+    logits = self(x)
+    if self.config.head == "softmax":
+      loss = jnp.mean(-jnp.take_along_axis(
+          jax.nn.log_softmax(logits), y[:, None].astype(jnp.int32), axis=-1))
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+      return loss, {"loss": loss, "accuracy": accuracy}
+    y = y.astype(logits.dtype)
+    loss = jnp.mean(bernoulli_bce(logits, y))
+    per_output = jnp.mean((logits > 0) == (y > 0.5), axis=0)
+    return loss, {"loss": loss, "accuracy": jnp.mean(per_output),
+                  "accuracy_per_output": per_output}
+
+
+def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
+  """Builds the model of `kind` ("vae" or "classifier") from its config."""
+  models = {"vae": (ConvVAE, VAEConfig), "classifier": (Classifier, ClassifierConfig)}
+  if kind not in models:
+    raise ValueError(f"kind must be one of {sorted(models)}; got {kind!r}")
+  module, config_type = models[kind]
+  if isinstance(config, dict):
+    config = config_type.from_dict(config)
+  if not isinstance(config, config_type):
+    raise TypeError(f"a {kind} needs a {config_type.__name__}; got {type(config).__name__}")
+  return module(config, rngs=nnx.Rngs(params=seed, sample=seed + 1))
+
+
+def model_kind(model) -> str:
+  """"vae" or "classifier"."""
+  if isinstance(model, ConvVAE):
+    return "vae"
+  if isinstance(model, Classifier):
+    return "classifier"
+  raise TypeError(f"expected a ConvVAE or Classifier; got {type(model).__name__}")

@@ -1,0 +1,394 @@
+"""Training and evaluation of `ConvVAE` and `Classifier` on `ImageDataset`s.
+
+The steps are `@nnx.jit` functions of the model and an `nnx.Optimizer`
+(Adam with a warmup-cosine learning rate). Batches are drawn on the host from
+a seeded permutation per epoch, so a run is reproducible from its seed; the
+last partial batch of an epoch is dropped, and evaluation pads its last batch,
+so every step has the same shapes and compiles once. Nothing here names a
+device: the same code runs on CPU, GPU or TPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from cfajax._callables import as_pure_callable
+from cfajax._data import ImageDataset
+from cfajax._models import Classifier
+from cfajax._models import ConvVAE
+from cfajax._models import bernoulli_bce
+from cfajax._models import gaussian_kl
+
+History = list[dict[str, Any]]
+
+
+def _as_dataset(data, name: str) -> ImageDataset:
+  if isinstance(data, ImageDataset):
+    return data
+  images = np.asarray(data, np.float32)
+  return ImageDataset(images, name=name)
+
+
+def _check_images(model_shape, dataset: ImageDataset):
+  if dataset.image_shape != tuple(model_shape):
+    raise ValueError(
+        f"{dataset.name or 'dataset'} has images of shape {dataset.image_shape}; the model "
+        f"expects {tuple(model_shape)}")
+  if len(dataset) == 0:
+    raise ValueError(f"{dataset.name or 'dataset'} is empty")
+
+
+def make_optimizer(
+    learning_rate: float, total_steps: int, warmup_fraction: float = 0.05,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+  """Adam(W) with a linear warmup to `learning_rate`, then cosine decay to 1% of it."""
+  warmup = max(1, int(warmup_fraction * total_steps))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=learning_rate * 0.01)
+  if weight_decay:
+    return optax.adamw(schedule, weight_decay=weight_decay)
+  return optax.adam(schedule)
+
+
+def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+  """Pads axis 0 to `size` by repeating the last row; callers drop the padding."""
+  if len(x) == size:
+    return x
+  return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+
+
+def _map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int) -> Any:
+  """Applies `fn` to fixed-size batches of `arrays`; concatenates outputs on the host."""
+  n = len(arrays[0])
+  size = min(batch_size, n)
+  parts = []
+  for start in range(0, n, size):
+    batch = [_pad_batch(a[start:start + size], size) for a in arrays]
+    out = fn(*batch)
+    parts.append(jax.tree_util.tree_map(
+        lambda a, m=min(size, n - start): np.asarray(a)[:m], out))
+  return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+
+def _mean_metrics(per_step: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
+  return jax.tree_util.tree_map(lambda *a: np.mean(np.stack(a), axis=0), *per_step)
+
+
+def _fit(model, dataset: ImageDataset, targets, step_fn, evaluate, *, epochs, batch_size,
+         learning_rate, weight_decay, seed, progress, on_epoch, desc, names=()) -> History:
+  """The epoch loop shared by both trainers."""
+  n = len(dataset)
+  batch_size = min(int(batch_size), n)
+  steps_per_epoch = n // batch_size
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1; got {epochs}")
+  tx = make_optimizer(learning_rate, epochs * steps_per_epoch, weight_decay=weight_decay)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  order_rng = np.random.default_rng(seed)
+  key = jax.random.key(seed)
+  history: History = []
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step")
+  try:
+    for epoch in range(1, epochs + 1):
+      start = time.perf_counter()
+      order = order_rng.permutation(n)
+      per_step = []
+      for i in range(steps_per_epoch):
+        rows = np.sort(order[i * batch_size:(i + 1) * batch_size])
+        y = None if targets is None else jnp.asarray(targets[rows])
+        step_key = jax.random.fold_in(key, (epoch - 1) * steps_per_epoch + i)
+        per_step.append(step_fn(model, optimizer, jnp.asarray(dataset.images[rows]), y,
+                                step_key))
+        if bar is not None:
+          bar.update()
+          if i % 50 == 0:
+            bar.set_postfix(epoch=epoch, loss=f"{float(per_step[-1]['loss']):.4g}")
+      record = {"epoch": epoch}
+      record.update({f"train_{k}": v
+                     for k, v in _flatten(_mean_metrics(per_step), names).items()})
+      record.update({f"test_{k}": v for k, v in evaluate().items()})
+      record["seconds"] = time.perf_counter() - start
+      history.append(record)
+      if on_epoch is not None:
+        on_epoch(record)
+  finally:
+    if bar is not None:
+      bar.close()
+  return history
+
+
+def _flatten(metrics: dict[str, Any], names: Sequence[str] = ()) -> dict[str, float]:
+  """Scalars as floats; a per-output vector "x_per_output" as "x/<name>" entries."""
+  out = {}
+  for key, value in metrics.items():
+    value = np.asarray(value)
+    if value.ndim == 0:
+      out[key] = float(value)
+      continue
+    base = key.removesuffix("_per_output")
+    labels = names if len(names) == value.size else range(value.size)
+    out.update({f"{base}/{label}": float(v) for label, v in zip(labels, value)})
+  return out
+
+
+# -- VAE ----------------------------------------------------------------------
+
+
+@nnx.jit
+def _vae_train_step(vae: ConvVAE, optimizer: nnx.Optimizer, x, _, key):
+  def loss_fn(vae):
+    return vae.loss(x, nnx.Rngs(sample=key))
+  (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(vae)
+  optimizer.update(vae, grads)
+  return metrics
+
+
+@nnx.jit
+def _vae_example_metrics(vae: ConvVAE, x, key):
+  """Per-example (B,) metrics: reconstruction of the mean latent, and the sampled loss."""
+  mean, logvar = vae.encode_stats(x)
+  logits = vae.decode_logits(mean)
+  bce = jnp.mean(bernoulli_bce(logits, x), axis=(1, 2, 3))
+  mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - x), axis=(1, 2, 3))
+  kl = gaussian_kl(mean, logvar)
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+  sampled_bce = jnp.sum(bernoulli_bce(vae.decode_logits(z), x), axis=(1, 2, 3))
+  return {"loss": sampled_bce + vae.config.beta * kl, "recon_bce": bce, "mse": mse, "kl": kl}
+
+
+def evaluate_vae(vae: ConvVAE, data, *, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+  """Held-out metrics of a VAE, averaged over the images.
+
+  Args:
+    vae: the model.
+    data: an `ImageDataset` or (n, H, W, C) images in [0, 1].
+    batch_size: images per compiled call.
+    seed: the noise of the sampled loss.
+
+  Returns:
+    "recon_bce" and "mse": per-pixel binary cross-entropy (nats) and squared
+    error of the deterministic reconstruction `decode(encode(x))`; "kl": KL
+    to the prior (nats per image); "loss": the negative beta-ELBO per image
+    with one posterior sample.
+  """
+  dataset = _as_dataset(data, "images")
+  _check_images(vae.config.image_shape, dataset)
+  key = jax.random.key(seed)
+  counter = itertools.count()
+  per_example = _map_batches(
+      lambda x: _vae_example_metrics(vae, jnp.asarray(x), jax.random.fold_in(key, next(counter))),
+      [dataset.images], batch_size)
+  return {k: float(np.mean(v)) for k, v in per_example.items()}
+
+
+def train_vae(
+    vae: ConvVAE,
+    train,
+    test=None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[ConvVAE, History]:
+  """Trains a VAE in place on the negative beta-ELBO (`ConvVAE.loss`).
+
+  Args:
+    vae: the model to train (its weights are updated in place).
+    train: an `ImageDataset` or (n, H, W, C) images in [0, 1].
+    test: held-out data evaluated after each epoch (`evaluate_vae`), or None.
+    epochs: passes over `train`.
+    batch_size: images per step; the last partial batch of an epoch is dropped.
+    learning_rate: peak Adam learning rate (warmup over the first 5% of
+      steps, then cosine decay to 1% of it).
+    weight_decay: decoupled weight decay (AdamW) if > 0.
+    seed: seeds the batch order and the posterior samples.
+    progress: show a progress bar.
+    on_epoch: called with each epoch's metrics record.
+
+  Returns:
+    `(vae, history)`: the trained model and one record per epoch with
+    "epoch", "train_loss", "train_recon_bce", "train_mse", "train_kl", the
+    same with "test_" when `test` is given, and "seconds".
+  """
+  train = _as_dataset(train, "train")
+  _check_images(vae.config.image_shape, train)
+  if test is not None:
+    test = _as_dataset(test, "test")
+    _check_images(vae.config.image_shape, test)
+  evaluate = (lambda: {}) if test is None else (
+      lambda: evaluate_vae(vae, test, batch_size=max(batch_size, 256), seed=seed))
+  history = _fit(
+      vae, train, None, _vae_train_step, evaluate, epochs=epochs, batch_size=batch_size,
+      learning_rate=learning_rate, weight_decay=weight_decay, seed=seed, progress=progress,
+      on_epoch=on_epoch, desc="train vae")
+  return vae, history
+
+
+# -- classifier ---------------------------------------------------------------
+
+
+def classifier_targets(classifier: Classifier, dataset: ImageDataset) -> np.ndarray:
+  """The labels a classifier learns from a dataset.
+
+  A softmax head takes `dataset.labels` (n,). A sigmoid head takes the
+  attribute columns named by `config.output_names` (n, K), or all attributes
+  if K matches and no names are set, or the labels as one binary attribute
+  (n, 1) when K == 1.
+
+  Raises:
+    ValueError: if the dataset has no such labels or attributes.
+  """
+  config = classifier.config
+  what = dataset.name or "dataset"
+  if config.head == "softmax":
+    if dataset.labels is None:
+      raise ValueError(f"a softmax classifier needs class labels; {what} has none")
+    labels = np.asarray(dataset.labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= config.num_outputs):
+      raise ValueError(f"{what} has labels in [{labels.min()}, {labels.max()}]; the "
+                       f"classifier has {config.num_outputs} classes")
+    return labels.astype(np.int32)
+  if dataset.attributes is not None:
+    if config.output_names:
+      missing = [n for n in config.output_names if n not in dataset.attribute_names]
+      if missing:
+        raise ValueError(f"{what} has no attributes {missing}; it has "
+                         f"{list(dataset.attribute_names)}")
+      columns = [dataset.attribute_index(n) for n in config.output_names]
+      return np.asarray(dataset.attributes[:, columns], np.int32)
+    if dataset.attributes.shape[1] == config.num_outputs:
+      return np.asarray(dataset.attributes, np.int32)
+  if config.num_outputs == 1 and dataset.labels is not None and np.isin(dataset.labels, (0, 1)).all():
+    return np.asarray(dataset.labels, np.int32)[:, None]
+  raise ValueError(
+      f"a sigmoid classifier with {config.num_outputs} outputs "
+      f"{list(config.output_names) or ''} needs matching binary attributes; {what} has "
+      f"{list(dataset.attribute_names) or 'no attributes'}")
+
+
+@nnx.jit
+def _classifier_train_step(classifier: Classifier, optimizer: nnx.Optimizer, x, y, _):
+  def loss_fn(classifier):
+    return classifier.loss(x, y)
+  (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(classifier)
+  optimizer.update(classifier, grads)
+  return metrics
+
+
+@nnx.jit
+def _classifier_example_metrics(classifier: Classifier, x, y):
+  logits = classifier(x)
+  if classifier.config.head == "softmax":
+    loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0]
+    return {"loss": loss, "correct": (jnp.argmax(logits, -1) == y)[:, None]}
+  y = y.astype(logits.dtype)
+  return {"loss": jnp.mean(bernoulli_bce(logits, y), axis=-1), "correct": (logits > 0) == (y > 0.5)}
+
+
+def evaluate_classifier(
+    classifier: Classifier, dataset: ImageDataset, *, batch_size: int = 256,
+) -> dict[str, float]:
+  """Held-out loss and accuracy of a classifier.
+
+  Returns:
+    "loss" (mean cross-entropy) and "accuracy"; for a sigmoid head also
+    "accuracy/<name>" per attribute ("accuracy" is then their mean).
+  """
+  _check_images(classifier.config.image_shape, dataset)
+  targets = classifier_targets(classifier, dataset)
+  per_example = _map_batches(
+      lambda x, y: _classifier_example_metrics(classifier, jnp.asarray(x), jnp.asarray(y)),
+      [dataset.images, targets], batch_size)
+  out = {"loss": float(np.mean(per_example["loss"])),
+         "accuracy": float(np.mean(per_example["correct"]))}
+  if classifier.config.head == "sigmoid":
+    out.update(_flatten({"accuracy_per_output": per_example["correct"].mean(0)},
+                        classifier.config.output_names))
+  return out
+
+
+def train_classifier(
+    classifier: Classifier,
+    train: ImageDataset,
+    test: ImageDataset | None = None,
+    *,
+    epochs: int = 5,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Classifier, History]:
+  """Trains a classifier in place: softmax cross-entropy, or sigmoid BCE per attribute.
+
+  The targets come from `classifier_targets` (labels for a softmax head,
+  the attributes named in `config.output_names` for a sigmoid head).
+
+  Args:
+    classifier: the model to train (its weights are updated in place).
+    train: the training examples.
+    test: held-out examples evaluated after each epoch, or None.
+    epochs, batch_size, learning_rate, weight_decay, seed, progress,
+      on_epoch: as in `train_vae`.
+
+  Returns:
+    `(classifier, history)`: the trained model and one record per epoch with
+    "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"
+    (and "test_accuracy/<name>" per attribute), and "seconds".
+  """
+  _check_images(classifier.config.image_shape, train)
+  targets = classifier_targets(classifier, train)
+  if test is not None:
+    _check_images(classifier.config.image_shape, test)
+    classifier_targets(classifier, test)  # fail before training, not after
+  evaluate = (lambda: {}) if test is None else (
+      lambda: evaluate_classifier(classifier, test, batch_size=max(batch_size, 256)))
+  history = _fit(
+      classifier, train, targets, _classifier_train_step, evaluate, epochs=epochs, batch_size=batch_size,
+      learning_rate=learning_rate, weight_decay=weight_decay, seed=seed, progress=progress,
+      on_epoch=on_epoch, desc="train classifier", names=classifier.config.output_names)
+  return classifier, history
+
+
+# -- applying a generator to many images --------------------------------------
+
+
+@jax.jit
+def _reconstruct_batch(encode, decode, x):
+  return decode(encode(x))
+
+
+def reconstruct(generator, images, *, batch_size: int = 256) -> np.ndarray:
+  """decode(encode(images)) in fixed-size batches, as a host array.
+
+  Args:
+    generator: anything with `encode` and `decode` methods, e.g. a `ConvVAE`
+      or a `Generator`.
+    images: (n, H, W, C).
+    batch_size: images per compiled call.
+
+  Returns:
+    (n, H, W, C) float32 reconstructions.
+  """
+  encode, decode = as_pure_callable(generator.encode), as_pure_callable(generator.decode)
+  images = np.asarray(images, np.float32)
+  return _map_batches(lambda x: _reconstruct_batch(encode, decode, jnp.asarray(x)),
+                      [images], batch_size)
