@@ -2,6 +2,10 @@
 
 The whole public API:
 
+The dataset-wide explanation (the main job; also `cfajax explain`)
+  explain(config=None, **options) -> summary dict; writes results to config.out
+  ExplainConfig                     every option of a run, with defaults
+
 Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
   AttackResult, Status
@@ -62,6 +66,8 @@ from cfajax._data import load_digits
 from cfajax._data import load_mnist
 from cfajax._data import read_idx
 from cfajax._data import split_dataset
+from cfajax._explain import ExplainConfig
+from cfajax._explain import explain
 from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
 from cfajax._descriptors import DESCRIPTOR_NAMES
 from cfajax._descriptors import binarize_descriptors
@@ -86,6 +92,9 @@ from cfajax._train import train_vae
 __version__ = "0.1.0"
 
 __all__ = [
+    # the dataset-wide explanation
+    "ExplainConfig",
+    "explain",
     # attack
     "AttackResult",
     "Status",

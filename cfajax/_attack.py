@@ -163,7 +163,7 @@ def counterfactual_attack(
     batch_size: int = DEFAULT_BATCH_SIZE,
     schedule: str = "continuous",
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = False,
+    progress=False,
     return_stats: bool = False,
 ) -> AttackResult:
   """Moves each latent until the classifier gives its target `threshold` probability.
@@ -201,7 +201,8 @@ def counterfactual_attack(
       fixed chunks in which every latent waits for the slowest.
     mesh: a one-axis mesh of local devices for the continuous schedule
       (default: all of this process's devices).
-    progress: show a progress bar over latents.
+    progress: show a progress bar over latents; or an existing tqdm-like bar
+      (anything with `update(count)`) to advance.
     return_stats: also return a dict of scheduling statistics (loop
       iterations, pool size, useful-step fraction).
 
@@ -228,10 +229,12 @@ def counterfactual_attack(
   target = check_targets(target, z.shape[0], signature.num_logits)
   hyper = make_hyper(threshold, step_size, max_steps, grad_tol, z.dtype)
 
-  bar = None
-  if progress:
+  bar, own_bar = None, False
+  if hasattr(progress, "update"):
+    bar = progress
+  elif progress:
     from tqdm.auto import tqdm
-    bar = tqdm(total=z.shape[0], desc="counterfactual attack", unit="latent")
+    bar, own_bar = tqdm(total=z.shape[0], desc="counterfactual attack", unit="latent"), True
   try:
     if schedule == "static":
       result, stats = _scheduler.run_static(
@@ -239,8 +242,8 @@ def counterfactual_attack(
     else:
       result, stats = _scheduler.run_continuous(
           decode, classify, z, target, hyper, config, batch_size=int(batch_size), mesh=mesh,
-          progress=bar, segment_iterations=64 if progress else None)
+          progress=bar, segment_iterations=64 if bar is not None else None)
   finally:
-    if bar is not None:
+    if own_bar:
       bar.close()
   return (result, stats) if return_stats else result

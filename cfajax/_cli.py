@@ -1,43 +1,101 @@
-"""The `cfajax` command line."""
+"""The `cfajax` command line: `cfajax explain` and `cfajax train`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+from cfajax._recipes import CELEBA_DEFAULT_ATTRIBUTES
+from cfajax._recipes import CELEBA_HOLDOUT
+from cfajax._recipes import RECIPES
+
+EXPLAIN_HELP = {
+    "dataset": "digits (embedded, no download), mnist or celeba",
+    "out": "output folder; running again with the same folder resumes",
+    "data_dir": "folder with the MNIST IDX files or the CelebA layout "
+                "(default: $CFAJAX_DATA_DIR, else tensorflow-datasets)",
+    "classes": "for a multi-class classifier, the pair explained, e.g. 4,9",
+    "target_attribute": "CelebA attribute predicted by the binary classifier",
+    "explain_split": "examples explained: train, test or all",
+    "vae": "VAE checkpoint to use (default: OUT/models/vae, trained if absent)",
+    "classifier": "classifier checkpoint to use (default: OUT/models/classifier)",
+    "optimizer": "ascent (plain gradient ascent, the paper's) or adam",
+    "precision": "float32, or bfloat16 for the models' arithmetic",
+    "pool_size": "latents on the device at once",
+    "chunk_size": "examples per resumable chunk",
+    "vae_widths": "VAE channel widths when one is trained, e.g. 32,64 (default: the recipe's)",
+    "classifier_widths": "classifier channel widths when one is trained (default: the recipe's)",
+}
+
+
+def _parse_value(kind: str):
+  if kind in ("tuple[int, int]", "tuple[int, ...]"):
+    return lambda text: tuple(int(part) for part in text.split(",") if part.strip())
+  if kind == "str | None":
+    return lambda text: None if text.lower() == "none" else text
+  return {"int": int, "float": float}.get(kind, str)
+
+
+def _add_explain_parser(commands) -> None:
+  from cfajax._explain import ExplainConfig
+  parser = commands.add_parser(
+      "explain", help="global explanation of a classifier over a whole dataset",
+      description="Encode a dataset, fit attribute probes, attack every example and "
+                  "aggregate the attributions. With no options: scikit-learn's digits, "
+                  "trained models, morphometric descriptors (no download).")
+  for field in dataclasses.fields(ExplainConfig):
+    flag = "--" + field.name.replace("_", "-")
+    kind = str(field.type)
+    help_text = EXPLAIN_HELP.get(field.name, "")
+    if kind == "bool":
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                          help=help_text)
+    else:
+      default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+      parser.add_argument(flag, type=_parse_value(kind), default=field.default,
+                          help=f"{help_text} (default: {default})".strip())
+  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run_explain(args) -> int:
+  from cfajax._explain import ExplainConfig
+  from cfajax._explain import explain
+  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExplainConfig)}
+  summary = explain(ExplainConfig(**values), progress=not args.no_progress)
+  psi = summary["global_attributions"]
+  print(f"\n{summary['task']} on {summary['dataset']}: {summary['num_examples']} examples, "
+        f"flip rate {summary['flip_rate']:.1%}, median steps {summary['steps'].get('median')}")
+  if psi is None:
+    print("no counterfactual reached its target: no global attributions")
+    return 1
+  print("top global attributions (psi, 95% interval):")
+  for name in psi["ranking"][:8]:
+    row = psi["attributes"][name]
+    low, high = row["ci"]
+    print(f"  {name:>24s}  {row['psi']:+.3f}  [{low:+.3f}, {high:+.3f}]")
+  print(f"written to {args.out}/: summary.json, examples.npz, counterfactuals.png, "
+        "global_attributions.png")
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="cfajax", description=__doc__)
   commands = parser.add_subparsers(dest="command", required=True)
-  demo = commands.add_parser(
-      "demo", help="attack all 1,797 scikit-learn digits with a PCA generator (no download)")
-  demo.add_argument("--latent-dim", type=int, default=16)
+  _add_explain_parser(commands)
   _add_train_parser(commands)
   args = parser.parse_args(argv)
 
-  if args.command == "demo":
-    from cfajax._demo import run_demo
-    print(json.dumps(run_demo(args.latent_dim), indent=2))
-  elif args.command == "train":
+  if args.command == "explain":
+    return _run_explain(args)
+  if args.command == "train":
     return _run_train(args)
   return 0
 
 
 # -- cfajax train -------------------------------------------------------------
 
-# Architectures per dataset. The oracle, which later judges counterfactuals
-# independently of the attacked classifier, differs in widths, depth, hidden
-# width and seed, and learns from the other half of the training split.
-_PRESETS = {
-    "digits": dict(latent_dim=8, vae_widths=(32, 64), widths=(32, 64),
-                   oracle_widths=(24, 48, 96), vae_epochs=30, epochs=20, batch_size=64),
-    "mnist": dict(latent_dim=16, vae_widths=(32, 64), widths=(32, 64),
-                  oracle_widths=(24, 48, 96), vae_epochs=10, epochs=5, batch_size=128),
-    "celeba": dict(latent_dim=128, vae_widths=(32, 64, 128, 256), widths=(32, 64, 128, 256),
-                   oracle_widths=(24, 48, 96, 192), vae_epochs=20, epochs=10, batch_size=64),
-}
-_CELEBA_DEFAULT_ATTRIBUTES = ("Young", "Attractive", "Male", "Smiling")
 _TRAIN_PARTS = ("all", "first-half", "second-half")
 
 
@@ -49,7 +107,7 @@ def _add_train_parser(commands) -> None:
       "orbax. Classifiers learn from the first half of the training split and oracles "
       "(--oracle) from the second half, so that the oracle never saw the classifier's data.")
   train.add_argument("model", choices=("vae", "classifier"))
-  train.add_argument("--dataset", choices=sorted(_PRESETS), required=True)
+  train.add_argument("--dataset", choices=sorted(RECIPES), required=True)
   train.add_argument("--data-dir", help="folder with the dataset's files (or holding mnist/ or "
                      "celeba/); default $CFAJAX_DATA_DIR, else tensorflow-datasets")
   train.add_argument("--out", required=True, help="checkpoint folder to write (replaced if present)")
@@ -59,12 +117,12 @@ def _add_train_parser(commands) -> None:
   train.add_argument("--weight-decay", type=float, default=0.0)
   train.add_argument("--seed", type=int, help="default 0, or 1 with --oracle")
   train.add_argument("--latent-dim", type=int, help="VAE latent size")
-  train.add_argument("--beta", type=float, default=1.0, help="VAE KL weight (default 1)")
+  train.add_argument("--beta", type=float, help="VAE KL weight (default: the dataset's recipe)")
   train.add_argument("--widths", help="comma-separated channel widths, e.g. 32,64")
   train.add_argument("--depth", type=int, help="classifier convolutions per stage")
   train.add_argument("--dense-width", type=int, help="classifier hidden dense width")
   train.add_argument("--attributes", help="CelebA classifier: comma-separated attribute names "
-                     f"(sigmoid heads); default {','.join(_CELEBA_DEFAULT_ATTRIBUTES)}")
+                     f"(sigmoid heads); default {','.join(CELEBA_DEFAULT_ATTRIBUTES)}")
   train.add_argument("--oracle", action="store_true",
                      help="train the independent oracle classifier: another architecture and "
                      "seed, on the second half of the training split")
@@ -72,7 +130,7 @@ def _add_train_parser(commands) -> None:
                      help="which part of the training split to learn from; default all for a "
                      "VAE, first-half for a classifier, second-half for an oracle")
   train.add_argument("--image-size", type=int, default=64, help="CelebA side (default 64)")
-  train.add_argument("--holdout", type=int, default=1000,
+  train.add_argument("--holdout", type=int, default=CELEBA_HOLDOUT,
                      help="CelebA: examples held out from the end of the training split for "
                      "evaluation when the official validation images are absent (default 1000)")
   train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -80,33 +138,6 @@ def _add_train_parser(commands) -> None:
 
 def _int_list(text: str | None) -> tuple[int, ...] | None:
   return None if text is None else tuple(int(w) for w in text.split(",") if w.strip())
-
-
-def _load_train_test(args):
-  """(train, test) for `args.dataset`; says on stdout where the test set came from."""
-  from cfajax import _data
-
-  if args.dataset == "digits":
-    # Seed fixed at 0 so that every model sees the same held-out digits.
-    train, test = _data.split_dataset(_data.load_digits(), 0.2, seed=0)
-    print(f"digits: {len(train)} train, {len(test)} test (split_dataset seed 0)")
-    return train, test
-  if args.dataset == "mnist":
-    train = _data.load_mnist(args.data_dir, "train")
-    test = _data.load_mnist(args.data_dir, "test")
-    print(f"mnist: {len(train)} train, {len(test)} test (official split)")
-    return train, test
-  progress = not args.no_progress
-  train = _data.load_celeba(args.data_dir, "train", args.image_size, progress=progress)
-  try:
-    test = _data.load_celeba(args.data_dir, "valid", args.image_size, progress=progress)
-    print(f"celeba: train from {train.name}; test = official validation split, {test.name}")
-  except ValueError:  # no validation images present (e.g. only the first 10,000 faces)
-    train, test = _data.split_dataset(train, args.holdout, seed=None)
-    print(f"celeba: no validation images present; held out the last {len(test)} of the "
-          f"training split (ids {test.ids[0]}..{test.ids[-1]}) for evaluation, "
-          f"{len(train)} remain for training")
-  return train, test
 
 
 def _train_part(dataset, part: str):
@@ -129,18 +160,20 @@ def _run_train(args) -> int:
 
   from cfajax import _checkpoint
   from cfajax import _models
+  from cfajax import _recipes
   from cfajax import _train
 
-  preset = _PRESETS[args.dataset]
+  recipe = _recipes.recipe(args.dataset)
   if args.oracle and args.model != "classifier":
     raise SystemExit("--oracle applies to `cfajax train classifier`")
   seed = args.seed if args.seed is not None else (1 if args.oracle else 0)
   part = args.train_part or (
       "all" if args.model == "vae" else "second-half" if args.oracle else "first-half")
-  epochs = args.epochs or preset["vae_epochs" if args.model == "vae" else "epochs"]
-  batch_size = args.batch_size or preset["batch_size"]
+  epochs = args.epochs or (recipe.vae_epochs if args.model == "vae" else recipe.classifier_epochs)
+  batch_size = args.batch_size or recipe.batch_size
 
-  train, test = _load_train_test(args)
+  train, test = _recipes.load_train_test(args.dataset, args.data_dir, image_size=args.image_size,
+                                         holdout=args.holdout, progress=not args.no_progress)
   train = _train_part(train, part)
   print(f"training a {'oracle ' if args.oracle else ''}{args.model} on {len(train)} examples "
         f"({part} of the training split), evaluating on {len(test)}; seed {seed}")
@@ -149,26 +182,19 @@ def _run_train(args) -> int:
                  on_epoch=_print_epoch)
   start = time.perf_counter()
   if args.model == "vae":
-    config = _models.VAEConfig(
-        image_shape=train.image_shape, latent_dim=args.latent_dim or preset["latent_dim"],
-        widths=_int_list(args.widths) or preset["vae_widths"], beta=args.beta)
+    config = _recipes.vae_config(args.dataset, train.image_shape, latent_dim=args.latent_dim,
+                                 widths=_int_list(args.widths), beta=args.beta)
     model, history = _train.train_vae(_models.build_model("vae", config, seed), train, test,
                                       **options)
   else:
-    if args.dataset == "celeba":
-      names = tuple(a.strip() for a in (args.attributes or ",".join(
-          _CELEBA_DEFAULT_ATTRIBUTES)).split(",") if a.strip())
-      head_options = dict(num_outputs=len(names), head="sigmoid", output_names=names)
-    else:
-      if args.attributes:
-        raise SystemExit(f"--attributes applies to CelebA; {args.dataset} has class labels")
-      head_options = dict(num_outputs=10, head="softmax",
-                          output_names=tuple(str(i) for i in range(10)))
-    config = _models.ClassifierConfig(
-        image_shape=train.image_shape,
-        widths=_int_list(args.widths) or preset["oracle_widths" if args.oracle else "widths"],
-        depth=args.depth or (2 if args.oracle else 1),
-        dense_width=args.dense_width or (256 if args.oracle else 128), **head_options)
+    attributes = None if args.attributes is None else tuple(
+        a.strip() for a in args.attributes.split(",") if a.strip())
+    try:
+      config = _recipes.classifier_config(
+          args.dataset, train.image_shape, attributes=attributes, oracle=args.oracle,
+          widths=_int_list(args.widths), depth=args.depth, dense_width=args.dense_width)
+    except ValueError as e:
+      raise SystemExit(str(e)) from e
     model, history = _train.train_classifier(
         _models.build_model("classifier", config, seed), train, test, **options)
   seconds = time.perf_counter() - start

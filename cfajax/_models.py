@@ -4,7 +4,7 @@ Any pair of JAX callables `encode(x) -> z` and `decode(z) -> x` is a generator
 for cfajax; `ConvVAE` is one that cfajax can train. `Generator` bundles such a
 pair, e.g. for a model trained elsewhere:
 
-    >>> from cfajax._demo import fit_pca
+    >>> from cfajax._plugin_example import fit_pca
     >>> digits = cfajax.load_digits()
     >>> pca = cfajax.Generator(*fit_pca(digits.images, latent_dim=16))
     >>> z = pca.encode(digits.images[:8])                       # (8, 16)

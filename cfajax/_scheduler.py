@@ -38,7 +38,7 @@ from cfajax._loop import result_from_states
 DATA_AXIS = "data"
 
 
-def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   """Pads axis 0 to `size` by repeating the last row (a real, finite input)."""
   if x.shape[0] == size:
     return x
@@ -72,7 +72,7 @@ def run_static(decode, classify, z, target, hyper, config, *, batch_size, progre
   parts = []
   for start in range(0, n, chunk):
     zc, tc = z[start:start + chunk], target[start:start + chunk]
-    out = _attack_batch(decode, classify, _pad_rows(zc, chunk), _pad_rows(tc, chunk), hyper,
+    out = _attack_batch(decode, classify, pad_rows(zc, chunk), pad_rows(tc, chunk), hyper,
                         config=config)
     parts.append(_take_rows(out, len(zc)))
     if progress is not None:

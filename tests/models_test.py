@@ -11,8 +11,8 @@ from flax import nnx
 
 import cfajax
 from cfajax import _models
-from cfajax._demo import fit_pca
-from cfajax._demo import fit_softmax_regression
+from cfajax._plugin_example import fit_pca
+from cfajax._plugin_example import fit_softmax_regression
 from conftest import TINY_VAE
 
 # The three image shapes the issue asks for, and an odd one that exercises the

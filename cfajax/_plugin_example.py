@@ -1,21 +1,16 @@
-"""A small end-to-end attack on real digits with models cfajax did not train.
+"""Models cfajax did not train, as an example of the plug-in contract.
 
-The generator is a PCA of scikit-learn's 8x8 digits (a linear decoder
-`x = mean + z @ components`), the classifier a softmax regression fitted with
-optax. Both are plain JAX functions: any such pair plugs into the attack.
+The generator is a PCA of images (a linear decoder `x = mean + z @ components`),
+the classifier a softmax regression fitted with optax. Both are plain JAX
+functions: any such pair plugs into `counterfactual_attack`.
 """
 
 from __future__ import annotations
-
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-
-import cfajax
 
 
 def fit_pca(images: np.ndarray, latent_dim: int):
@@ -52,25 +47,3 @@ def fit_softmax_regression(images: np.ndarray, labels: np.ndarray, steps: int = 
     params, state = step(params, state)
   w, b = params
   return lambda images: images.reshape(images.shape[0], -1) @ w + b
-
-
-def run_demo(latent_dim: int = 16, seed: int = 0) -> dict:
-  """Attacks every digit toward the next class (0->1, ..., 9->0); returns a summary."""
-  digits = load_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
-  encode, decode = fit_pca(images, latent_dim)
-  classify = fit_softmax_regression(images, digits.target)
-  accuracy = float(np.mean(np.argmax(classify(jnp.asarray(images)), 1) == digits.target))
-  z = encode(jnp.asarray(images))
-  target = (digits.target + 1) % 10
-  start = time.perf_counter()
-  result = cfajax.counterfactual_attack(decode, classify, z, target, threshold=0.5, step_size=0.5)
-  jax.block_until_ready(result)
-  seconds = time.perf_counter() - start
-  return {
-      "images": len(images),
-      "classifier_accuracy": accuracy,
-      "flip_rate": float(np.mean(result.success)),
-      "median_steps": float(np.median(result.steps[result.success])),
-      "seconds_including_compile": seconds,
-  }
