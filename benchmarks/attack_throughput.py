@@ -1,0 +1,246 @@
+"""Counterfactual-attack throughput: cfajax's schedulers and precisions, against PyTorch peers.
+
+Run (CPU, about 10 minutes on 2 cores; GPU, about 5 minutes):
+
+  python benchmarks/attack_throughput.py --workload mnist \
+      --vae runs/mnist/vae --classifier runs/mnist/classifier \
+      --data-dir ../shared/data/mnist --out benchmarks/results/mnist-cpu.json
+
+Measures, for each batch size:
+  * latent-steps per second at a fixed number of steps (every latent takes
+    `--steps` updates), float32 and bf16, with compile time apart;
+  * FLOP/s achieved (XLA's cost analysis of one vmapped step) and its fraction
+    of a matrix product's measured rate on the same device;
+  * peak device memory where the backend reports it.
+Then, on real latents (trained checkpoints when given, else random weights,
+which the output says), the static and continuous schedules: counterfactuals
+per second, useful-step fraction, and bf16's agreement with float32 on the
+stop decision. PyTorch peers run in the same process when torch is installed
+(`pip install -e ".[bench]"`); otherwise the output says they were skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402
+
+import cfajax  # noqa: E402
+from cfajax import _attack  # noqa: E402
+from cfajax import _loop  # noqa: E402
+from cfajax import _models  # noqa: E402
+from cfajax._callables import as_pure_callable  # noqa: E402
+
+WORKLOADS = {
+    # image shape, VAE widths, latent size, classifier outputs, head, classifier widths
+    "mnist": ((28, 28, 1), (32, 64), 16, 10, "softmax", (32, 64)),
+    "celeba": ((64, 64, 3), (32, 64, 128, 256), 64, 1, "sigmoid", (32, 64, 128)),
+}
+
+
+def build_workload(name, vae_path=None, classifier_path=None, seed=0):
+  """The workload's VAE and classifier: restored checkpoints, or fresh random weights."""
+  from cfajax import _checkpoint
+  shape, widths, latent, outputs, head, classifier_widths = WORKLOADS[name]
+  if vae_path:
+    vae = _checkpoint.load_model(vae_path)
+  else:
+    vae = _models.ConvVAE(_models.VAEConfig(shape, latent, widths), rngs=nnx.Rngs(seed))
+  if classifier_path:
+    classifier = _checkpoint.load_model(classifier_path)
+  else:
+    config = _models.ClassifierConfig(shape, outputs, head, classifier_widths)
+    classifier = _models.Classifier(config, rngs=nnx.Rngs(seed + 1))
+  return vae, classifier, bool(vae_path and classifier_path)
+
+
+def real_latents(name, vae, classifier, data_dir, count, seed=0):
+  """Encodes real test images (when data is there) and picks targets that flip each prediction."""
+  from cfajax import _data
+  rng = np.random.default_rng(seed)
+  images = None
+  if data_dir:
+    if name == "mnist":
+      images = _data.load_mnist(data_dir, "test").images
+    else:
+      images = _data.load_celeba(data_dir, "all", image_size=64).images
+  if images is None:
+    z = rng.normal(size=(count, vae.config.latent_dim)).astype(np.float32)
+    source = "random latents"
+  else:
+    images = images[rng.permutation(len(images))[:count]]
+    z = np.concatenate([np.asarray(vae.encode(images[i:i + 2048]))
+                        for i in range(0, len(images), 2048)])
+    source = f"{len(z)} encoded test images"
+  logits = np.concatenate([np.asarray(classifier(vae.decode(z[i:i + 2048])))
+                           for i in range(0, len(z), 2048)])
+  if logits.shape[1] == 1:
+    target = (logits[:, 0] < 0).astype(np.int32)
+  else:
+    target = ((np.argmax(logits, 1) + 1) % logits.shape[1]).astype(np.int32)
+  return z, target, source
+
+
+def step_flops(vae, classifier, batch, latent_dim, precision):
+  """FLOPs of one vmapped check-and-step of `batch` latents, by XLA's cost analysis."""
+  config = _loop.AttackConfig(precision=precision)
+  hyper = _attack.make_hyper(0.5, 0.1, 10, 0.0, np.float32)
+  decode, classify = as_pure_callable(vae.decode), as_pure_callable(classifier)
+
+  def one_step(decode, classify, z, target):
+    decode, classify = _loop.cast_model(decode, precision), _loop.cast_model(classify, precision)
+    states = jax.vmap(_loop.init_state, in_axes=(None, 0, 0))(config, z, target)
+    return jax.vmap(_loop.attack_step, in_axes=(None, None, None, None, 0))(
+        decode, classify, config, hyper, states)
+
+  z = jax.ShapeDtypeStruct((batch, latent_dim), jnp.float32)
+  target = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  compiled = jax.jit(one_step).lower(decode, classify, z, target).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def peak_memory_bytes():
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def fixed_step_rate(vae, classifier, z, target, batch, steps, precision, schedule="static"):
+  """Times `batch` latents taking exactly `steps` updates each (an unreachable threshold)."""
+  zb, tb = z[:batch], target[:batch]
+  options = dict(threshold=1 - 1e-7, max_steps=steps, step_size=1e-3, precision=precision,
+                 batch_size=batch, schedule=schedule)
+  run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, zb, tb, **options)
+  result = run()
+  measured = timing.time_call(run, repeats=3, warmup=1)
+  latent_steps = int(np.sum(result.steps))
+  return {"latent_steps": latent_steps, "iterations": steps + 1,
+          "compile_s": measured["first_s"] - measured["median_s"],
+          "median_s": measured["median_s"], "spread": measured["spread"],
+          "latent_steps_per_s": latent_steps / measured["median_s"]}
+
+
+def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_steps):
+  """Counterfactuals per second and useful-step fraction, static vs continuous, f32 vs bf16."""
+  rows, results = [], {}
+  for schedule in ("static", "continuous"):
+    for precision in ("float32", "bfloat16"):
+      options = dict(threshold=threshold, max_steps=max_steps, step_size=0.1, batch_size=batch,
+                     schedule=schedule, precision=precision, return_stats=True)
+      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options)[0]
+      result, stats = cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options)
+      measured = timing.time_call(run, repeats=2, warmup=1)
+      steps = np.asarray(result.steps)
+      if schedule == "static":
+        chunks = [steps[i:i + batch] for i in range(0, len(steps), batch)]
+        iterations = sum(int(c.max()) + 1 for c in chunks)
+        useful = float(steps.sum() / (batch * iterations))
+      else:
+        useful = stats["useful_step_fraction"]
+      results[(schedule, precision)] = result
+      rows.append({"schedule": schedule, "precision": precision, "n": len(z), "batch": batch,
+                   "flip_rate": float(np.mean(result.success)),
+                   "median_steps": float(np.median(steps)), "max_steps": int(steps.max()),
+                   "useful_step_fraction": useful, "median_s": measured["median_s"],
+                   "counterfactuals_per_s": len(z) / measured["median_s"],
+                   "latent_steps_per_s": float(steps.sum()) / measured["median_s"]})
+  full, half = results[("continuous", "float32")], results[("continuous", "bfloat16")]
+  agreement = {
+      "same_success": float(np.mean(np.asarray(full.success) == np.asarray(half.success))),
+      "same_steps": float(np.mean(np.asarray(full.steps) == np.asarray(half.steps))),
+      "steps_within_1": float(np.mean(np.abs(np.asarray(full.steps) - np.asarray(half.steps)) <= 1)),
+  }
+  return rows, agreement
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mnist")
+  parser.add_argument("--vae")
+  parser.add_argument("--classifier")
+  parser.add_argument("--data-dir")
+  parser.add_argument("--batch-sizes", default="256,1024,4096")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--real-count", type=int, default=4096)
+  parser.add_argument("--real-batch", type=int, default=1024)
+  parser.add_argument("--threshold", type=float, default=0.5)
+  parser.add_argument("--max-steps", type=int, default=500)
+  parser.add_argument("--skip-torch", action="store_true")
+  parser.add_argument("--torch-loop-count", type=int, default=32,
+                      help="latents for the PyTorch one-at-a-time loop (it is slow)")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+
+  device = timing.device_description()
+  print(f"device: {device['device']} x{device['device_count']} ({device['backend']}), "
+        f"jax {device['jax']}")
+  vae, classifier, trained = build_workload(args.workload, args.vae, args.classifier)
+  batches = [int(b) for b in args.batch_sizes.split(",")]
+  z, target, source = real_latents(args.workload, vae, classifier, args.data_dir,
+                                   max(max(batches), args.real_count))
+  print(f"weights: {'trained checkpoints' if trained else 'random (untrained)'}; latents: {source}")
+  peaks = {"float32": timing.matmul_peak(jnp.float32), "bfloat16": timing.matmul_peak(jnp.bfloat16)}
+  print(f"measured matmul peak: f32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
+
+  rows = []
+  for batch in batches:
+    zb = np.resize(z, (batch, z.shape[1])).astype(np.float32)
+    tb = np.resize(target, (batch,))
+    for precision in ("float32", "bfloat16"):
+      row = {"impl": "cfajax", "precision": precision, "batch": batch}
+      row.update(fixed_step_rate(vae, classifier, zb, tb, batch, args.steps, precision))
+      flops = step_flops(vae, classifier, batch, z.shape[1], precision)
+      row["gflops_per_s"] = flops * row["iterations"] / row["median_s"] / 1e9
+      row["fraction_of_matmul_peak"] = flops * row["iterations"] / row["median_s"] / peaks[precision]
+      row["peak_memory_bytes"] = peak_memory_bytes()
+      rows.append(row)
+      print(f"  cfajax {precision:8s} batch {batch:6d}: "
+            f"{row['latent_steps_per_s']:.4g} latent-steps/s, compile {row['compile_s']:.2f} s")
+
+  torch_rows, torch_note = [], "skipped (--skip-torch)"
+  if not args.skip_torch:
+    try:
+      import torch_peers
+      torch_rows = torch_peers.run_peers(vae, classifier, z, target, batches, args.steps,
+                                         loop_count=args.torch_loop_count)
+      torch_note = "measured"
+    except ImportError as e:
+      torch_note = f"skipped: {e}"
+  print(f"PyTorch peers: {torch_note}")
+  rows.extend(torch_rows)
+
+  real_z, real_t = z[:args.real_count], target[:args.real_count]
+  schedule_rows, agreement = schedules_on_real_latents(
+      vae, classifier, real_z, real_t, args.real_batch, args.threshold, args.max_steps)
+
+  print("\nfixed-step throughput")
+  timing.print_table(rows, ["impl", "precision", "batch", "latent_steps_per_s", "compile_s",
+                            "spread", "gflops_per_s", "fraction_of_matmul_peak"])
+  print("\nschedules on real latents")
+  timing.print_table(schedule_rows, ["schedule", "precision", "n", "batch", "flip_rate",
+                                     "median_steps", "max_steps", "useful_step_fraction",
+                                     "counterfactuals_per_s"])
+  print(f"\nbf16 vs float32 (continuous): {agreement}")
+  if args.out:
+    timing.write_results(args.out, {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "device": device, "workload": args.workload, "trained_weights": trained,
+        "latents": source, "matmul_peak_flops": peaks, "fixed_steps": args.steps,
+        "throughput": rows, "schedules": schedule_rows, "bf16_agreement": agreement,
+        "torch": torch_note, "date": time.strftime("%Y-%m-%d")})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
