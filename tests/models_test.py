@@ -172,3 +172,15 @@ def test_conv_vae_bound_methods_plug_into_the_attack(tiny_vae, tiny_classifier):
   assert set(np.asarray(result.status)) <= {cfajax.Status.REACHED, cfajax.Status.MAX_STEPS}
   # The result's latents decode with the same bound method.
   assert tiny_vae.decode(result.z).shape == (4, 8, 8, 1)
+
+
+def test_depth_to_space_places_channels_in_2x2_blocks():
+  # Channel k of a pixel (i, j) lands at (2i + k // 2, 2j + k % 2) for one output channel.
+  x = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(1, 2, 3, 4)
+  y = np.asarray(_models._depth_to_space(x))[0, :, :, 0]
+  want = np.zeros((4, 6))
+  for i in range(2):
+    for j in range(3):
+      for k in range(4):
+        want[2 * i + k // 2, 2 * j + k % 2] = x[0, i, j, k]
+  np.testing.assert_array_equal(y, want)
