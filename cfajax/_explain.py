@@ -40,10 +40,9 @@ from cfajax import _train
 from cfajax._attack import counterfactual_attack
 from cfajax._attributions import global_attributions
 from cfajax._attributions import local_attributions
-from cfajax._callables import as_pure_callable
+from cfajax._batching import apply_batched
 from cfajax._loop import Status
 from cfajax._probes import fit_probes
-from cfajax._scheduler import pad_rows
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
@@ -200,22 +199,6 @@ def _explained(config: ExplainConfig, train, test):
       train, images=np.concatenate([train.images, test.images]),
       labels=join(train.labels, test.labels), attributes=join(train.attributes, test.attributes),
       ids=join(train.ids, test.ids), name=f"{base} (train and test)")
-
-
-def _batched(fn, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-  """Applies a model to (n, ...) host data in fixed-size jitted batches."""
-  pure = as_pure_callable(fn)
-  size = min(batch_size, len(x))
-  out = []
-  for start in range(0, len(x), size):
-    part = x[start:start + size]
-    out.append(np.asarray(_apply(pure, pad_rows(part, size)))[:len(part)])
-  return np.concatenate(out)
-
-
-@jax.jit
-def _apply(fn, x):
-  return fn(x)
 
 
 class _Task:
@@ -483,7 +466,7 @@ def explain(config: ExplainConfig | None = None, *, progress: bool = True, log=p
   vae, classifier, model_info = _restore_or_train_models(config, train, test, progress and leader, log)
   lap("models")
 
-  logits = _batched(classifier, data.images)
+  logits = apply_batched(classifier, data.images)
   task = _Task(logits.shape[1], config.classes)
   selected = np.flatnonzero(task.selected(logits))
   if selected.size == 0:
@@ -492,9 +475,9 @@ def explain(config: ExplainConfig | None = None, *, progress: bool = True, log=p
   images = data.images[selected]
   original_prob = task.positive_prob(logits)
   target = task.target(logits)
-  z = _batched(vae.encode, images)
-  z_train = _batched(vae.encode, train.images)
-  z_test = _batched(vae.encode, test.images)
+  z = apply_batched(vae.encode, images)
+  z_train = apply_batched(vae.encode, train.images)
+  z_test = apply_batched(vae.encode, test.images)
   lap("encode")
 
   names, (a_train, a_test), attribute_info = _attribute_table(config, [train, test])
@@ -516,9 +499,9 @@ def explain(config: ExplainConfig | None = None, *, progress: bool = True, log=p
 
   z_cf = rows["z_cf"]
   success = rows["status"] == 0
-  cf_images = _batched(vae.decode, z_cf)
-  recon = _batched(vae.decode, z)
-  cf_prob = task.positive_prob(_batched(classifier, cf_images))
+  cf_images = apply_batched(vae.decode, z_cf)
+  recon = apply_batched(vae.decode, z)
+  cf_prob = task.positive_prob(apply_batched(classifier, cf_images))
   phi = np.asarray(local_attributions(probes, z, z_cf))
   psi = None
   if success.any():
@@ -541,7 +524,7 @@ def explain(config: ExplainConfig | None = None, *, progress: bool = True, log=p
       "global_attributions": None if psi is None else psi.to_dict(),
       "probes": _probe_report(probes, a_train, a_test),
       "reconstruction_agreement": float(np.mean(
-          (task.positive_prob(_batched(classifier, recon)) >= 0.5) == (original_prob >= 0.5))),
+          (task.positive_prob(apply_batched(classifier, recon)) >= 0.5) == (original_prob >= 0.5))),
       "models": model_info,
       **attribute_info,
       "timings_s": timings,

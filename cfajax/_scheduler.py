@@ -32,17 +32,11 @@ from cfajax._loop import AttackResult
 from cfajax._loop import attack_latent
 from cfajax._loop import attack_step
 from cfajax._loop import cast_model
+from cfajax._batching import pad_rows
 from cfajax._loop import init_state
 from cfajax._loop import result_from_states
 
 DATA_AXIS = "data"
-
-
-def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-  """Pads axis 0 to `size` by repeating the last row (a real, finite input)."""
-  if x.shape[0] == size:
-    return x
-  return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
 
 
 def _take_rows(tree, count: int):

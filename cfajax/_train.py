@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._data import ImageDataset
 from cfajax._models import Classifier
@@ -58,26 +59,6 @@ def make_optimizer(
   if weight_decay:
     return optax.adamw(schedule, weight_decay=weight_decay)
   return optax.adam(schedule)
-
-
-def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
-  """Pads axis 0 to `size` by repeating the last row; callers drop the padding."""
-  if len(x) == size:
-    return x
-  return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
-
-
-def _map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int) -> Any:
-  """Applies `fn` to fixed-size batches of `arrays`; concatenates outputs on the host."""
-  n = len(arrays[0])
-  size = min(batch_size, n)
-  parts = []
-  for start in range(0, n, size):
-    batch = [_pad_batch(a[start:start + size], size) for a in arrays]
-    out = fn(*batch)
-    parts.append(jax.tree_util.tree_map(
-        lambda a, m=min(size, n - start): np.asarray(a)[:m], out))
-  return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
 def _mean_metrics(per_step: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
@@ -188,7 +169,7 @@ def evaluate_vae(vae: ConvVAE, data, *, batch_size: int = 256, seed: int = 0) ->
   _check_images(vae.config.image_shape, dataset)
   key = jax.random.key(seed)
   counter = itertools.count()
-  per_example = _map_batches(
+  per_example = map_batches(
       lambda x: _vae_example_metrics(vae, jnp.asarray(x), jax.random.fold_in(key, next(counter))),
       [dataset.images], batch_size)
   return {k: float(np.mean(v)) for k, v in per_example.items()}
@@ -313,7 +294,7 @@ def evaluate_classifier(
   """
   _check_images(classifier.config.image_shape, dataset)
   targets = classifier_targets(classifier, dataset)
-  per_example = _map_batches(
+  per_example = map_batches(
       lambda x, y: _classifier_example_metrics(classifier, jnp.asarray(x), jnp.asarray(y)),
       [dataset.images, targets], batch_size)
   out = {"loss": float(np.mean(per_example["loss"])),
@@ -390,5 +371,5 @@ def reconstruct(generator, images, *, batch_size: int = 256) -> np.ndarray:
   """
   encode, decode = as_pure_callable(generator.encode), as_pure_callable(generator.decode)
   images = np.asarray(images, np.float32)
-  return _map_batches(lambda x: _reconstruct_batch(encode, decode, jnp.asarray(x)),
+  return map_batches(lambda x: _reconstruct_batch(encode, decode, jnp.asarray(x)),
                       [images], batch_size)
