@@ -47,12 +47,19 @@ Attributions
   global_attributions(phi, original_prob, *, success, names, ...) -> GlobalAttributions
   GlobalAttributions: .psi, .stderr, .ci_low, .ci_high, .ranking, .top(k), .to_dict()
 
+Counterfactual quality (the `cfajax.metrics` module)
+  validity(result), proximity(cf, starts, ...), oracle_agreement(oracle, cf, target),
+  reconstruction_error(generator, x), realism(generator, cf, real),
+  pixel_attack(classify, x, target, **options) (the adversarial baseline),
+  counterfactual_report(result, counterfactuals=, starts=, ...) -> dict
+
 Digit descriptors (Morpho-MNIST-like attributes computed from images)
   digit_descriptors(images, *, threshold, upsample) -> (n, 6) values, DESCRIPTOR_NAMES
   binarize_descriptors(values, thresholds=None) -> ((n, 6) {0, 1}, thresholds),
     DESCRIPTOR_ATTRIBUTE_NAMES
 """
 
+from cfajax import metrics
 from cfajax._attack import counterfactual_attack
 from cfajax._attributions import GlobalAttributions
 from cfajax._attributions import global_attributions
@@ -130,6 +137,8 @@ __all__ = [
     "fit_probes",
     "global_attributions",
     "local_attributions",
+    # counterfactual quality
+    "metrics",
     # descriptors
     "DESCRIPTOR_ATTRIBUTE_NAMES",
     "DESCRIPTOR_NAMES",
