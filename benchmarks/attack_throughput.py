@@ -1,10 +1,20 @@
 """Counterfactual-attack throughput: cfajax's schedulers and precisions, against PyTorch peers.
 
-Run (CPU, about 10 minutes on 2 cores; GPU, about 5 minutes):
+Run on a GPU (not yet measured there):
 
   python benchmarks/attack_throughput.py --workload mnist \
       --vae runs/mnist/vae --classifier runs/mnist/classifier \
-      --data-dir ../shared/data/mnist --out benchmarks/results/mnist-cpu.json
+      --data-dir ../shared/data/mnist --steps 20 --out benchmarks/results/mnist-gpu.json
+
+On a CPU the default batch sizes take far too long; on 2 shared cores this took
+9 minutes (see benchmarks/RESULTS.md for what it measured and why the thread
+setting):
+
+  OMP_WAIT_POLICY=PASSIVE python benchmarks/attack_throughput.py --workload mnist \
+      --vae runs/mnist/vae --classifier runs/mnist/classifier \
+      --data-dir ../shared/data/mnist --batch-sizes 256,1024 --steps 10 --repeats 2 \
+      --torch-loop-count 8 --real-count 256 --real-batch 64 --max-steps 100 \
+      --out benchmarks/results/mnist-cpu.json
 
 Measures, for each batch size:
   * latent-steps per second at a fixed number of steps (every latent takes
