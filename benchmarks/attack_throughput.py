@@ -1,10 +1,20 @@
 """Counterfactual-attack throughput: cfajax's schedulers and precisions, against PyTorch peers.
 
-Run (CPU, about 10 minutes on 2 cores; GPU, about 5 minutes):
+Run on a GPU (not yet measured there):
 
   python benchmarks/attack_throughput.py --workload mnist \
       --vae runs/mnist/vae --classifier runs/mnist/classifier \
-      --data-dir ../shared/data/mnist --out benchmarks/results/mnist-cpu.json
+      --data-dir ../shared/data/mnist --steps 20 --out benchmarks/results/mnist-gpu.json
+
+On a CPU the default batch sizes take far too long; on 2 shared cores this took
+9 minutes (see benchmarks/RESULTS.md for what it measured and why the thread
+setting):
+
+  OMP_WAIT_POLICY=PASSIVE python benchmarks/attack_throughput.py --workload mnist \
+      --vae runs/mnist/vae --classifier runs/mnist/classifier \
+      --data-dir ../shared/data/mnist --batch-sizes 256,1024 --steps 10 --repeats 2 \
+      --torch-loop-count 8 --real-count 256 --real-batch 64 --max-steps 100 \
+      --out benchmarks/results/mnist-cpu.json
 
 Measures, for each batch size:
   * latent-steps per second at a fixed number of steps (every latent takes
@@ -115,31 +125,37 @@ def peak_memory_bytes():
   return stats.get("peak_bytes_in_use")
 
 
-def fixed_step_rate(vae, classifier, z, target, batch, steps, precision, schedule="static"):
-  """Times `batch` latents taking exactly `steps` updates each (an unreachable threshold)."""
+def fixed_step_rate(vae, classifier, z, target, batch, steps, precision, schedule="static",
+                    repeats=3):
+  """Times `batch` latents taking exactly `steps` updates each (an unreachable threshold).
+
+  The first call is timed, so `compile_s` is its excess over the steady
+  median. (The static schedule returns before its device work is done: an
+  untimed call before it would leave its run to the first timed one.)
+  """
   zb, tb = z[:batch], target[:batch]
   options = dict(threshold=1 - 1e-7, max_steps=steps, step_size=1e-3, precision=precision,
                  batch_size=batch, schedule=schedule)
   run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, zb, tb, **options)
-  result = run()
-  measured = timing.time_call(run, repeats=3, warmup=1)
-  latent_steps = int(np.sum(result.steps))
+  measured = timing.time_call(run, repeats=repeats, warmup=1)
+  latent_steps = int(np.sum(measured["out"].steps))
   return {"latent_steps": latent_steps, "iterations": steps + 1,
           "compile_s": measured["first_s"] - measured["median_s"],
           "median_s": measured["median_s"], "spread": measured["spread"],
           "latent_steps_per_s": latent_steps / measured["median_s"]}
 
 
-def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_steps):
+def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_steps,
+                              repeats=2):
   """Counterfactuals per second and useful-step fraction, static vs continuous, f32 vs bf16."""
   rows, results = [], {}
   for schedule in ("static", "continuous"):
     for precision in ("float32", "bfloat16"):
       options = dict(threshold=threshold, max_steps=max_steps, step_size=0.1, batch_size=batch,
                      schedule=schedule, precision=precision, return_stats=True)
-      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options)[0]
-      result, stats = cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options)
-      measured = timing.time_call(run, repeats=2, warmup=1)
+      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options)
+      measured = timing.time_call(run, repeats=repeats, warmup=1)
+      result, stats = measured["out"]
       steps = np.asarray(result.steps)
       if schedule == "static":
         chunks = [steps[i:i + batch] for i in range(0, len(steps), batch)]
@@ -163,6 +179,31 @@ def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_
   return rows, agreement
 
 
+def peer_ratios(rows):
+  """cfajax's latent-steps/s over the best PyTorch peer's, per (precision, batch).
+
+  The best peer is the faster of torch-eager and torch-compile at the same
+  batch and precision; the one-at-a-time Adam loop is compared separately.
+  """
+  rate = lambda row: row.get("latent_steps_per_s") or 0.0
+  loops = {r["precision"]: rate(r) for r in rows if r["impl"] == "torch-loop-adam"}
+  ratios = []
+  for row in rows:
+    if row["impl"] != "cfajax":
+      continue
+    peers = [r for r in rows if r["impl"] in ("torch-eager", "torch-compile")
+             and r["precision"] == row["precision"] and r["batch"] == row["batch"] and rate(r)]
+    if not peers:
+      continue
+    best = max(peers, key=rate)
+    loop = loops.get(row["precision"])
+    ratios.append({"precision": row["precision"], "batch": row["batch"],
+                   "cfajax": rate(row), "best_torch": best["impl"],
+                   "best_torch_rate": rate(best), "cfajax_over_best_torch": rate(row) / rate(best),
+                   "cfajax_over_torch_loop": rate(row) / loop if loop else None})
+  return ratios
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mnist")
@@ -178,6 +219,9 @@ def main(argv=None):
   parser.add_argument("--skip-torch", action="store_true")
   parser.add_argument("--torch-loop-count", type=int, default=32,
                       help="latents for the PyTorch one-at-a-time loop (it is slow)")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed runs after the first, for the fixed-step rows; the median "
+                           "is reported (the schedule rows take max(1, repeats - 1))")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
 
@@ -199,7 +243,8 @@ def main(argv=None):
     tb = np.resize(target, (batch,))
     for precision in ("float32", "bfloat16"):
       row = {"impl": "cfajax", "precision": precision, "batch": batch}
-      row.update(fixed_step_rate(vae, classifier, zb, tb, batch, args.steps, precision))
+      row.update(fixed_step_rate(vae, classifier, zb, tb, batch, args.steps, precision,
+                                 repeats=args.repeats))
       flops = step_flops(vae, classifier, batch, z.shape[1], precision)
       row["gflops_per_s"] = flops * row["iterations"] / row["median_s"] / 1e9
       row["fraction_of_matmul_peak"] = flops * row["iterations"] / row["median_s"] / peaks[precision]
@@ -208,21 +253,27 @@ def main(argv=None):
       print(f"  cfajax {precision:8s} batch {batch:6d}: "
             f"{row['latent_steps_per_s']:.4g} latent-steps/s, compile {row['compile_s']:.2f} s")
 
-  torch_rows, torch_note = [], "skipped (--skip-torch)"
+  torch_rows, torch_note, torch_version, torch_setup = [], "skipped (--skip-torch)", None, None
   if not args.skip_torch:
     try:
       import torch_peers
-      torch_rows = torch_peers.run_peers(vae, classifier, z, target, batches, args.steps,
-                                         loop_count=args.torch_loop_count)
-      torch_note = "measured"
-    except ImportError as e:
+    except ImportError as e:  # torch is an optional extra: pip install -e ".[bench]"
       torch_note = f"skipped: {e}"
+    else:
+      torch_version = torch_peers.torch.__version__
+      torch_setup = torch_peers.setup_device(torch_peers.default_device())
+      torch_rows = torch_peers.run_peers(vae, classifier, z, target, batches, args.steps,
+                                         loop_count=args.torch_loop_count,
+                                         repeats=args.repeats,
+                                         loop_repeats=max(1, args.repeats - 1))
+      torch_note = "measured"
   print(f"PyTorch peers: {torch_note}")
   rows.extend(torch_rows)
 
   real_z, real_t = z[:args.real_count], target[:args.real_count]
   schedule_rows, agreement = schedules_on_real_latents(
-      vae, classifier, real_z, real_t, args.real_batch, args.threshold, args.max_steps)
+      vae, classifier, real_z, real_t, args.real_batch, args.threshold, args.max_steps,
+      repeats=max(1, args.repeats - 1))
 
   print("\nfixed-step throughput")
   timing.print_table(rows, ["impl", "precision", "batch", "latent_steps_per_s", "compile_s",
@@ -231,6 +282,11 @@ def main(argv=None):
   timing.print_table(schedule_rows, ["schedule", "precision", "n", "batch", "flip_rate",
                                      "median_steps", "max_steps", "useful_step_fraction",
                                      "counterfactuals_per_s"])
+  ratios = peer_ratios(rows)
+  if ratios:
+    print("\ncfajax over the best PyTorch peer (latent-steps/s, same precision and batch)")
+    timing.print_table(ratios, ["precision", "batch", "cfajax", "best_torch", "best_torch_rate",
+                                "cfajax_over_best_torch", "cfajax_over_torch_loop"])
   print(f"\nbf16 vs float32 (continuous): {agreement}")
   if args.out:
     timing.write_results(args.out, {
@@ -238,7 +294,9 @@ def main(argv=None):
         "device": device, "workload": args.workload, "trained_weights": trained,
         "latents": source, "matmul_peak_flops": peaks, "fixed_steps": args.steps,
         "throughput": rows, "schedules": schedule_rows, "bf16_agreement": agreement,
-        "torch": torch_note, "date": time.strftime("%Y-%m-%d")})
+        "torch": torch_note, "torch_version": torch_version,
+        "torch_setup": torch_setup, "peer_ratios": ratios,
+        "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")})
     print(f"wrote {args.out}")
 
 

@@ -22,8 +22,10 @@ def device_description() -> dict[str, Any]:
       "device": getattr(device, "device_kind", str(device)),
       "device_count": jax.device_count(),
       "host": platform.node(),
+      "cpu_model": cpu_model(),
       "cpu_count": os.cpu_count(),
       "jax": jax.__version__,
+      "jaxlib": _jaxlib_version(),
       "python": platform.python_version(),
   }
   try:
@@ -34,15 +36,40 @@ def device_description() -> dict[str, Any]:
   return info
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+def cpu_model() -> str:
+  """The host CPU's model name ("model name" in /proc/cpuinfo), else `platform.processor()`."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def _jaxlib_version() -> str | None:
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except (ImportError, AttributeError):
+    return None
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
   """Times `fn()` (which returns JAX arrays) after `warmup` calls.
 
+  Call it before anything else has run `fn`: the first call's time is the
+  compile time plus one run only if no earlier, asynchronously dispatched
+  call is still running.
+
   Returns:
-    `first_s` (the first call, compilation included), `median_s`, `min_s`
-    and `spread` ((max - min) / median of the timed repeats).
+    `first_s` (the first call, compilation included), `median_s`, `min_s`,
+    `spread` ((max - min) / median of the timed repeats) and `out`, the
+    first call's output.
   """
   start = time.perf_counter()
-  jax.block_until_ready(fn())
+  out = jax.block_until_ready(fn())
   first = time.perf_counter() - start
   for _ in range(max(0, warmup - 1)):
     jax.block_until_ready(fn())
@@ -53,7 +80,7 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> di
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   return {"first_s": first, "median_s": median, "min_s": min(times),
-          "spread": (max(times) - min(times)) / median}
+          "spread": (max(times) - min(times)) / median, "out": out}
 
 
 def matmul_peak(dtype=jnp.float32, size: int | None = None) -> float:
