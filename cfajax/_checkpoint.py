@@ -167,7 +167,7 @@ def load_model(path) -> nnx.Module:
   """
   import orbax.checkpoint as ocp
 
-  path = Path(path)
+  path = Path(path).absolute()  # orbax restores from absolute paths only
   meta = read_checkpoint_info(path)
   try:
     model = build_model(meta["kind"], meta["config"])

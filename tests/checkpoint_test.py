@@ -38,6 +38,12 @@ def test_classifier_round_trip_gives_identical_outputs(tmp_path, tiny_classifier
   np.testing.assert_array_equal(loaded(X), tiny_classifier(X))
 
 
+def test_relative_checkpoint_paths_save_and_restore(tmp_path, monkeypatch, tiny_classifier):
+  monkeypatch.chdir(tmp_path)
+  cfajax.save_model("runs/clf", tiny_classifier)
+  np.testing.assert_array_equal(cfajax.load_model("runs/clf")(X), tiny_classifier(X))
+
+
 def test_weights_are_stored_as_host_arrays(tmp_path, tiny_classifier):
   # Saved from host copies: the orbax metadata names no device, so a checkpoint
   # written on a GPU has nothing that ties it to one.
