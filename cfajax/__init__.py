@@ -5,6 +5,8 @@ The whole public API:
 The dataset-wide explanation (the main job; also `cfajax explain`)
   explain(config=None, **options) -> summary dict; writes results to config.out
   ExplainConfig                     every option of a run, with defaults
+  select_probe_attributes(names, attributes, explained, *, exclude, max_correlation)
+    -> (kept columns, {left out: why})   no probes for near-duplicates of the target
 
 Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
@@ -75,6 +77,7 @@ from cfajax._data import read_idx
 from cfajax._data import split_dataset
 from cfajax._explain import ExplainConfig
 from cfajax._explain import explain
+from cfajax._explain import select_probe_attributes
 from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
 from cfajax._descriptors import DESCRIPTOR_NAMES
 from cfajax._descriptors import binarize_descriptors
@@ -102,6 +105,7 @@ __all__ = [
     # the dataset-wide explanation
     "ExplainConfig",
     "explain",
+    "select_probe_attributes",
     # attack
     "AttackResult",
     "Status",

@@ -18,6 +18,9 @@ EXPLAIN_HELP = {
                 "(default: $CFAJAX_DATA_DIR, else tensorflow-datasets)",
     "classes": "for a multi-class classifier, the pair explained, e.g. 4,9",
     "target_attribute": "CelebA attribute predicted by the binary classifier",
+    "exclude_attributes": "CelebA attributes to leave out of the probes, e.g. Smiling,Bald",
+    "max_attribute_correlation": "CelebA attributes whose labels correlate with the target "
+                                 "beyond this |r| get no probe (near-duplicates)",
     "explain_split": "examples explained: train, test or all",
     "vae": "VAE checkpoint to use (default: OUT/models/vae, trained if absent)",
     "classifier": "classifier checkpoint to use (default: OUT/models/classifier)",
@@ -33,6 +36,8 @@ EXPLAIN_HELP = {
 def _parse_value(kind: str):
   if kind in ("tuple[int, int]", "tuple[int, ...]"):
     return lambda text: tuple(int(part) for part in text.split(",") if part.strip())
+  if kind == "tuple[str, ...]":
+    return lambda text: tuple(part.strip() for part in text.split(",") if part.strip())
   if kind == "str | None":
     return lambda text: None if text.lower() == "none" else text
   return {"int": int, "float": float}.get(kind, str)

@@ -60,6 +60,10 @@ class ExplainConfig:
     classes: for a multi-class classifier, the pair (a, b) explained: examples
       predicted a are attacked toward b and vice versa; b is the positive class.
     target_attribute: for CelebA, the attribute the binary classifier predicts.
+    exclude_attributes, max_attribute_correlation: for CelebA, attributes left
+      out of the probes besides the target: those named, and near-duplicates
+      of the target, whose labels correlate with it beyond this |r| on the
+      auxiliary set (see `select_probe_attributes`).
     explain_split: which examples are explained: "train", "test" or "all".
     image_size: CelebA images are center-cropped and resized to this size.
     latent_dim, vae_widths, classifier_widths, vae_epochs, classifier_epochs,
@@ -81,6 +85,8 @@ class ExplainConfig:
   data_dir: str | None = None
   classes: tuple[int, int] = (4, 9)
   target_attribute: str = "Young"
+  exclude_attributes: tuple[str, ...] = ()
+  max_attribute_correlation: float = 0.75
   explain_split: str = "all"
   image_size: int = 64
   latent_dim: int = 0  # 0: the dataset's recipe (`cfajax._recipes`)
@@ -117,7 +123,7 @@ class ExplainConfig:
     if unknown:
       raise ValueError(f"unknown explain options: {sorted(unknown)}")
     values = dict(values)
-    for name in ("classes", "vae_widths", "classifier_widths"):
+    for name in ("classes", "vae_widths", "classifier_widths", "exclude_attributes"):
       if name in values:
         values[name] = tuple(values[name])
     return cls(**values)
@@ -134,6 +140,9 @@ def _check_config(config: ExplainConfig) -> None:
     raise ValueError(f"optimizer must be 'ascent' or 'adam'; got {config.optimizer!r}")
   if config.chunk_size < 1:
     raise ValueError(f"chunk_size must be positive; got {config.chunk_size}")
+  if not 0 < config.max_attribute_correlation <= 1:
+    raise ValueError("max_attribute_correlation must be in (0, 1]; got "
+                     f"{config.max_attribute_correlation}")
 
 
 # -- atomic files --------------------------------------------------------------
@@ -241,6 +250,51 @@ class _Task:
     return f"class {self.classes[0]} vs {self.classes[1]}"
 
 
+def select_probe_attributes(names, attributes, explained, *, exclude=(),
+                            max_correlation: float = 0.75):
+  """Which labelled attributes get probes when `explained` ones are classified.
+
+  A probe for the classified attribute itself, or for a near-duplicate of it,
+  would "explain" the decision by restating it. Left out are the `explained`
+  attributes, those in `exclude`, and every attribute whose labels correlate
+  with an explained one beyond `max_correlation` in absolute value (Pearson's
+  r of the {0, 1} labels, e.g. CelebA's Wearing_Lipstick with Male, r = -0.79
+  on the first 10,000 faces).
+
+  Args:
+    names: the A attribute names.
+    attributes: (n, A) labels in {0, 1}.
+    explained: names of the classified attributes.
+    exclude: further names to leave out.
+    max_correlation: the |r| above which an attribute is a near-duplicate.
+
+  Returns:
+    `(keep, excluded)`: the kept column indices, and `{name: reason}` for the
+    rest.
+
+  Raises:
+    ValueError: a name in `explained` or `exclude` is not in `names`.
+  """
+  names = list(names)
+  unknown = [n for n in (*explained, *exclude) if n not in names]
+  if unknown:
+    raise ValueError(f"unknown attributes {unknown}; the dataset has {names}")
+  labels = np.asarray(attributes, np.float64)
+  excluded = {n: "explained" for n in explained}
+  excluded.update({n: "excluded" for n in exclude if n not in excluded})
+  centred = labels - labels.mean(axis=0)
+  norms = np.sqrt((centred ** 2).sum(axis=0))
+  for name in explained:
+    i = names.index(name)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      r = centred.T @ centred[:, i] / (norms * norms[i])
+    for j, value in enumerate(r):
+      if names[j] not in excluded and np.isfinite(value) and abs(value) > max_correlation:
+        excluded[names[j]] = f"near-duplicate of {name} (r = {value:+.2f})"
+  keep = [j for j, n in enumerate(names) if n not in excluded]
+  return keep, excluded
+
+
 def _attribute_table(config: ExplainConfig, datasets):
   """Binary attributes for probes: CelebA's labels, or digit descriptors.
 
@@ -252,9 +306,11 @@ def _attribute_table(config: ExplainConfig, datasets):
   """
   if config.dataset == "celeba":
     first = datasets[0]
-    keep = [i for i, name in enumerate(first.attribute_names) if name != config.target_attribute]
+    keep, excluded = select_probe_attributes(
+        first.attribute_names, first.attributes, (config.target_attribute,),
+        exclude=config.exclude_attributes, max_correlation=config.max_attribute_correlation)
     names = tuple(first.attribute_names[i] for i in keep)
-    return names, [d.attributes[:, keep] for d in datasets], {}
+    return names, [d.attributes[:, keep] for d in datasets], {"excluded_attributes": excluded}
   values = [_descriptors.digit_descriptors(d.images) for d in datasets]
   # Medians of the auxiliary (training) set binarise every set the same way.
   _, thresholds = _descriptors.binarize_descriptors(values[0])

@@ -151,3 +151,22 @@ def test_two_processes_match_one(small_run, tmp_path):
   with open(tmp_path / "shared" / "summary.json") as f:
     assert json.load(f)["global_attributions"] == json.loads(
         json.dumps(alone["global_attributions"]))
+
+
+def test_probe_attributes_leave_out_the_target_its_near_duplicates_and_named_ones():
+  rng = np.random.default_rng(0)
+  male = rng.integers(0, 2, 2000)
+  lipstick = np.where(rng.random(2000) < 0.9, 1 - male, male)  # r = -0.8
+  beard = np.where(rng.random(2000) < 0.7, male, 1 - male)      # r = +0.4
+  smiling = rng.integers(0, 2, 2000)
+  bald = rng.integers(0, 2, 2000)
+  names = ["Male", "Wearing_Lipstick", "Beard", "Smiling", "Bald"]
+  labels = np.stack([male, lipstick, beard, smiling, bald], axis=1)
+  keep, excluded = cfajax.select_probe_attributes(names, labels, ["Male"], exclude=["Bald"])
+  assert [names[i] for i in keep] == ["Beard", "Smiling"]
+  assert excluded["Male"] == "explained" and excluded["Bald"] == "excluded"
+  assert excluded["Wearing_Lipstick"].startswith("near-duplicate of Male (r = -0.8")
+  keep, _ = cfajax.select_probe_attributes(names, labels, ["Male"], max_correlation=1.0)
+  assert [names[i] for i in keep] == ["Wearing_Lipstick", "Beard", "Smiling", "Bald"]
+  with pytest.raises(ValueError, match=r"unknown attributes \['Blond'\]"):
+    cfajax.select_probe_attributes(names, labels, ["Blond"])
