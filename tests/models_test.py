@@ -11,6 +11,7 @@ from flax import nnx
 
 import cfajax
 from cfajax import _models
+from cfajax._models import max_pool_2x2
 from cfajax._plugin_example import fit_pca
 from cfajax._plugin_example import fit_softmax_regression
 from conftest import TINY_VAE
@@ -184,3 +185,14 @@ def test_depth_to_space_places_channels_in_2x2_blocks():
       for k in range(4):
         want[2 * i + k // 2, 2 * j + k % 2] = x[0, i, j, k]
   np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 7, 4), (1, 5, 6, 2)])
+def test_max_pool_matches_flax_values_and_gradients(shape):
+  # Random values have no ties, so the gradients of both pools are unique.
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = lambda v: nnx.max_pool(v, (2, 2), strides=(2, 2), padding="SAME")
+  np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+  weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda pool: jax.grad(lambda v: (pool(v) * weights).sum())(x)
+  np.testing.assert_array_equal(grad(max_pool_2x2), grad(reference))
