@@ -7,6 +7,7 @@ The dataset-wide explanation (the main job; also `cfajax explain`)
   ExplainConfig                     every option of a run, with defaults
   select_probe_attributes(names, attributes, explained, *, exclude, max_correlation)
     -> (kept columns, {left out: why})   no probes for near-duplicates of the target
+  select_output(classifier, attribute) -> (B, 1) classifier of one sigmoid head
 
 Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
@@ -77,6 +78,7 @@ from cfajax._data import read_idx
 from cfajax._data import split_dataset
 from cfajax._explain import ExplainConfig
 from cfajax._explain import explain
+from cfajax._explain import select_output
 from cfajax._explain import select_probe_attributes
 from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
 from cfajax._descriptors import DESCRIPTOR_NAMES
@@ -105,6 +107,7 @@ __all__ = [
     # the dataset-wide explanation
     "ExplainConfig",
     "explain",
+    "select_output",
     "select_probe_attributes",
     # attack
     "AttackResult",

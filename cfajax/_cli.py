@@ -180,7 +180,7 @@ def _run_train(args) -> int:
   train, test = _recipes.load_train_test(args.dataset, args.data_dir, image_size=args.image_size,
                                          holdout=args.holdout, progress=not args.no_progress)
   train = _train_part(train, part)
-  print(f"training a {'oracle ' if args.oracle else ''}{args.model} on {len(train)} examples "
+  print(f"training {'an oracle' if args.oracle else 'a'} {args.model} on {len(train)} examples "
         f"({part} of the training split), evaluating on {len(test)}; seed {seed}")
   options = dict(epochs=epochs, batch_size=batch_size, learning_rate=args.lr,
                  weight_decay=args.weight_decay, seed=seed, progress=not args.no_progress,

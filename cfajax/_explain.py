@@ -442,7 +442,7 @@ def _restore_or_train_models(config: ExplainConfig, train, test, progress, log):
           **options),
       log)
   if config.dataset == "celeba":
-    classifier = _select_output(classifier, config.target_attribute)
+    classifier = select_output(classifier, config.target_attribute)
   return vae, classifier, {"vae": vae_info, "classifier": classifier_info}
 
 
@@ -457,8 +457,16 @@ class _OneOutput(nnx.Module):
     return self.classifier(x)[:, self.column:self.column + 1]
 
 
-def _select_output(classifier, attribute: str):
-  """The classifier's head for `attribute` (a one-head classifier is returned as is)."""
+def select_output(classifier, attribute: str):
+  """The classifier's sigmoid head for `attribute`, as a (B, 1) binary classifier.
+
+  A multi-attribute CelebA classifier (`--attributes Young,Male,...`) gives
+  one logit per attribute; the attack and the explanation need one. A
+  one-head classifier is returned as is.
+
+  Raises:
+    ValueError: the classifier has no sigmoid output named `attribute`.
+  """
   names = tuple(classifier.config.output_names)
   if classifier.config.head != "sigmoid" or attribute not in names:
     raise ValueError(f"the classifier predicts {list(names) or classifier.config.num_outputs}, "

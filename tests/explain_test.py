@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -170,3 +171,19 @@ def test_probe_attributes_leave_out_the_target_its_near_duplicates_and_named_one
   assert [names[i] for i in keep] == ["Wearing_Lipstick", "Beard", "Smiling", "Bald"]
   with pytest.raises(ValueError, match=r"unknown attributes \['Blond'\]"):
     cfajax.select_probe_attributes(names, labels, ["Blond"])
+
+
+def test_select_output_is_one_sigmoid_head_that_the_attack_accepts():
+  from flax import nnx
+  config = cfajax.ClassifierConfig(image_shape=(8, 8, 1), num_outputs=3, head="sigmoid",
+                                   widths=(4,), dense_width=8, output_names=("Young", "Male", "Bald"))
+  classifier = cfajax.Classifier(config, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).random((5, 8, 8, 1), np.float32)
+  male = cfajax.select_output(classifier, "Male")
+  np.testing.assert_array_equal(male(x), np.asarray(classifier(x))[:, 1:2])
+  decode = lambda z: jax.nn.sigmoid(z.reshape(-1, 8, 8, 1))
+  result = cfajax.counterfactual_attack(decode, male, np.zeros((2, 64), np.float32), 1,
+                                        max_steps=3)
+  assert result.z.shape == (2, 64)
+  with pytest.raises(ValueError, match="not the CelebA attribute 'Smiling'"):
+    cfajax.select_output(classifier, "Smiling")
