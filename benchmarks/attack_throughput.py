@@ -32,6 +32,7 @@ stop decision. PyTorch peers run in the same process when torch is installed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -53,12 +54,38 @@ from cfajax._callables import as_pure_callable  # noqa: E402
 WORKLOADS = {
     # image shape, VAE widths, latent size, classifier outputs, head, classifier widths
     "mnist": ((28, 28, 1), (32, 64), 16, 10, "softmax", (32, 64)),
-    "celeba": ((64, 64, 3), (32, 64, 128, 256), 64, 1, "sigmoid", (32, 64, 128)),
+    "celeba": ((64, 64, 3), (32, 64, 128, 256), 128, 1, "sigmoid", (32, 64, 128, 256)),
 }
 
 
-def build_workload(name, vae_path=None, classifier_path=None, seed=0):
-  """The workload's VAE and classifier: restored checkpoints, or fresh random weights."""
+def one_head(classifier, attribute):
+  """A one-logit `Classifier` holding one sigmoid head of a multi-attribute checkpoint.
+
+  The same function as `cfajax.select_output(classifier, attribute)`, but a
+  plain `Classifier`, so that the PyTorch peers convert it like any other.
+  """
+  config = classifier.config
+  if config.head != "sigmoid" or config.num_outputs == 1:
+    return classifier
+  column = list(config.output_names).index(attribute)
+  single = _models.Classifier(dataclasses.replace(config, num_outputs=1,
+                                                  output_names=(attribute,)),
+                              rngs=nnx.Rngs(0))
+  state = nnx.state(classifier, nnx.Param)
+  weights = nnx.to_pure_dict(state)
+  weights["logits"]["kernel"] = weights["logits"]["kernel"][:, column:column + 1]
+  weights["logits"]["bias"] = weights["logits"]["bias"][column:column + 1]
+  target = nnx.state(single, nnx.Param)
+  nnx.replace_by_pure_dict(target, weights)
+  nnx.update(single, target)
+  return single
+
+
+def build_workload(name, vae_path=None, classifier_path=None, seed=0, attribute="Male"):
+  """The workload's VAE and classifier: restored checkpoints, or fresh random weights.
+
+  A multi-attribute CelebA classifier is cut down to its `attribute` head.
+  """
   from cfajax import _checkpoint
   shape, widths, latent, outputs, head, classifier_widths = WORKLOADS[name]
   if vae_path:
@@ -66,7 +93,7 @@ def build_workload(name, vae_path=None, classifier_path=None, seed=0):
   else:
     vae = _models.ConvVAE(_models.VAEConfig(shape, latent, widths), rngs=nnx.Rngs(seed))
   if classifier_path:
-    classifier = _checkpoint.load_model(classifier_path)
+    classifier = one_head(_checkpoint.load_model(classifier_path), attribute)
   else:
     config = _models.ClassifierConfig(shape, outputs, head, classifier_widths)
     classifier = _models.Classifier(config, rngs=nnx.Rngs(seed + 1))
@@ -209,6 +236,8 @@ def main(argv=None):
   parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mnist")
   parser.add_argument("--vae")
   parser.add_argument("--classifier")
+  parser.add_argument("--attribute", default="Male",
+                      help="the head of a multi-attribute CelebA classifier to attack")
   parser.add_argument("--data-dir")
   parser.add_argument("--batch-sizes", default="256,1024,4096")
   parser.add_argument("--steps", type=int, default=20)
@@ -228,7 +257,8 @@ def main(argv=None):
   device = timing.device_description()
   print(f"device: {device['device']} x{device['device_count']} ({device['backend']}), "
         f"jax {device['jax']}")
-  vae, classifier, trained = build_workload(args.workload, args.vae, args.classifier)
+  vae, classifier, trained = build_workload(args.workload, args.vae, args.classifier,
+                                             attribute=args.attribute)
   batches = [int(b) for b in args.batch_sizes.split(",")]
   z, target, source = real_latents(args.workload, vae, classifier, args.data_dir,
                                    max(max(batches), args.real_count))
