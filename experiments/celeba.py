@@ -1,0 +1,230 @@
+"""CelebA 64×64: the paper's Figures 2 and 3, and the stability of global attributions.
+
+Run (after the `cfajax train` commands in experiments/RESULTS.md, "Models"):
+
+    PYTHONPATH=. python experiments/celeba.py --data-dir ../shared/data --runs runs/celeba
+
+Reads <runs>/vae, <runs>/classifier (heads Young, Attractive, Male, Smiling)
+and <runs>/oracle, and the 10,000 shared faces: the first 9,000 are the
+auxiliary set the probes learn from, the last 1,000 are held out (as in
+training). For each of Young, Attractive and Male it:
+
+1. flips the classifier's decision on every held-out face in latent space and,
+   as the adversarial baseline, in pixel space; an oracle (another
+   architecture and seed, trained on a disjoint half) judges both;
+2. fits one probe per other attribute on the auxiliary latents, leaving out
+   the classified attributes and near-duplicates (`select_probe_attributes`);
+3. computes local attributions φ and the global ψ with bootstrap intervals,
+   and the overlap of the top 5 between two random halves of the faces
+   (100 random splits).
+
+Writes experiments/results/celeba.json, prints the markdown tables of
+experiments/RESULTS.md, and draws experiments/figures/celeba_*.png. About
+15 minutes on 2 CPU cores; `--limit N` caps the faces for a quick run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+import cfajax
+from cfajax import metrics
+
+from common import FIGURES
+from common import Stopwatch
+from common import _pyplot
+from common import _show
+from common import apply
+from common import compact
+from common import hardware
+from common import load_runs
+from common import markdown_table
+from common import save_small
+from common import write_json
+
+HEADS = ("Young", "Attractive", "Male")
+LATENT = {"threshold": 0.5, "step_size": 0.1, "max_steps": 500, "objective": "logit"}
+PIXEL = {"threshold": 0.5, "step_size": 0.01, "max_steps": 500, "objective": "logit"}
+TOP = 5
+SPLITS = 100
+HOLDOUT = 1000
+THRESHOLDS = (0.5, 0.9)  # psi uses the first; both measure quality
+
+
+def head(classifier, name: str):
+  """One sigmoid head of the multi-attribute classifier, as a (B, 1) classifier."""
+  return cfajax.select_output(classifier, name)
+
+
+def split_half_overlap(phi, original_prob, success, names, seed=0):
+  """Top-5 overlap and rank correlation of psi between two random halves, over SPLITS splits."""
+  rng = np.random.default_rng(seed)
+  overlaps, correlations = [], []
+  n = len(phi)
+  for _ in range(SPLITS):
+    order = rng.permutation(n)
+    halves = [order[:n // 2], order[n // 2:]]
+    psis = [cfajax.global_attributions(phi[h], original_prob[h], success=success[h],
+                                       names=names, num_bootstrap=0).psi for h in halves]
+    tops = [set(np.argsort(-np.abs(p))[:TOP]) for p in psis]
+    overlaps.append(len(tops[0] & tops[1]) / TOP)
+    ranks = [np.argsort(np.argsort(-np.abs(p))) for p in psis]
+    correlations.append(float(np.corrcoef(ranks[0], ranks[1])[0, 1]))
+  return {"top5_overlap_mean": float(np.mean(overlaps)),
+          "top5_overlap_min": float(np.min(overlaps)),
+          "top5_identical_fraction": float(np.mean(np.asarray(overlaps) == 1.0)),
+          "rank_correlation_mean": float(np.mean(correlations))}
+
+
+def local_figure(path, name, originals, starts, cfs, phi, names, target):
+  """Per face: x, G(z), x' and its five largest local attributions."""
+  plt = _pyplot()
+  n = len(originals)
+  fig, axes = plt.subplots(n, 4, figsize=(7.6, 1.75 * n + 0.3),
+                           gridspec_kw={"width_ratios": [1, 1, 1, 1.5]}, squeeze=False)
+  for i in range(n):
+    for j, image in enumerate((originals[i], starts[i], cfs[i])):
+      _show(axes[i, j], image)
+    axes[i, 0].set_ylabel(f"→ {'' if target[i] else 'not '}{name}", fontsize=7)
+    top = np.argsort(-np.abs(phi[i]))[:TOP][::-1]
+    bars = axes[i, 3]
+    bars.barh(range(TOP), phi[i, top], color=["tab:blue" if v > 0 else "tab:red"
+                                             for v in phi[i, top]])
+    bars.set_yticks(range(TOP), [names[a] for a in top], fontsize=6)
+    bars.tick_params(axis="x", labelsize=6)
+    bars.axvline(0, color="black", linewidth=0.5)
+  for j, label in enumerate(("x", "G(z)", "x' = G(z')", "φ = g(z') − g(z), top 5")):
+    axes[0, j].set_title(label, fontsize=7)
+  fig.suptitle(f"{name} classifier: counterfactuals and local attributions", fontsize=9)
+  fig.tight_layout()
+  save_small(fig, path, dpi=100)
+
+
+def global_figure(path, psis):
+  """One panel per classifier: its top-5 psi with 95% bootstrap intervals."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(psis), figsize=(3.6 * len(psis), 2.4), squeeze=False)
+  for ax, (name, psi) in zip(axes[0], psis.items()):
+    top = list(psi.ranking[:TOP])[::-1]
+    values = psi.psi[top]
+    errors = np.stack([values - psi.ci_low[top], psi.ci_high[top] - values])
+    ax.barh(range(TOP), values, xerr=errors, capsize=2,
+            color=["tab:blue" if v > 0 else "tab:red" for v in values])
+    ax.set_yticks(range(TOP), [psi.names[a] for a in top], fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set_title(f"{name}: global ψ (n = {psi.num_used})", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+  fig.tight_layout()
+  save_small(fig, path, dpi=110)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data-dir", required=True)
+  parser.add_argument("--runs", default="runs/celeba")
+  parser.add_argument("--out", default="experiments/results/celeba.json")
+  parser.add_argument("--limit", type=int, default=0, help="held-out faces (0: all)")
+  parser.add_argument("--pixel", type=int, default=0,
+                      help="faces per classifier for the pixel baseline (0: all)")
+  args = parser.parse_args()
+
+  clock = Stopwatch()
+  runs = Path(args.runs)
+  vae, classifier, oracle = load_runs(runs)
+  faces = cfajax.load_celeba(args.data_dir, "train", 64)
+  aux, test = cfajax.split_dataset(faces, HOLDOUT, seed=None)  # as `cfajax train` held out
+  x = test.images[:args.limit or None]
+  names_all = list(faces.attribute_names)
+  labels = test.attributes[:len(x)]
+  z = np.asarray(apply(vae.encode, x))
+  z_aux = np.asarray(apply(vae.encode, aux.images))
+  starts = cfajax.reconstruct(vae, x)
+  real = x
+  keep, excluded = cfajax.select_probe_attributes(names_all, aux.attributes, HEADS)
+  names = [names_all[i] for i in keep]
+  probes = cfajax.fit_probes(z_aux, aux.attributes[:, keep], names=names, standardize=True,
+                             class_weight="balanced", validation=(z, labels[:, keep]))
+  record = {"hardware": hardware(), "latent_options": LATENT, "pixel_options": PIXEL,
+            "held_out": len(x), "auxiliary": len(aux), "excluded_attributes": excluded,
+            "probes": {"mean_auc": float(np.nanmean(probes.val_auc)),
+                       "auc": dict(zip(names, map(float, probes.val_auc))),
+                       "accuracy": dict(zip(names, map(float, probes.val_accuracy)))}}
+  clock.lap("load_encode_probes")
+
+  rows, psis, stability = [], {}, {}
+  for name in HEADS:
+    clf, judge = head(classifier, name), head(oracle, name)
+    prob = 1 / (1 + np.exp(-np.asarray(apply(clf, x))[:, 0]))
+    target = (prob < 0.5).astype(np.int32)  # flip the decision
+    pixel_n = args.pixel or len(x)
+    record[name] = {}
+    for threshold in THRESHOLDS:
+      attack = cfajax.counterfactual_attack(vae.decode, clf, z, target,
+                                            **{**LATENT, "threshold": threshold})
+      attack_cf = np.asarray(apply(vae.decode, np.asarray(attack.z)))
+      if threshold == LATENT["threshold"]:
+        latent, cf = attack, attack_cf  # the counterfactuals explained below
+      latent_report = metrics.counterfactual_report(
+          attack, counterfactuals=attack_cf, starts=starts, images=x, z=z, oracle=judge,
+          generator=vae, real_images=real)
+      pixel = metrics.pixel_attack(clf, x[:pixel_n], target[:pixel_n],
+                                   **{**PIXEL, "threshold": threshold})
+      pixel_report = metrics.counterfactual_report(
+          pixel, counterfactuals=metrics.pixel_counterfactuals(pixel, x.shape[1:]),
+          starts=x[:pixel_n], images=x[:pixel_n], oracle=judge, generator=vae,
+          real_images=real)
+      record[name][f"threshold {threshold}"] = {"latent": latent_report, "pixel": pixel_report}
+      rows.append({"classifier": name, "threshold": threshold, "attack": "latent",
+                   **compact(latent_report)})
+      rows.append({"classifier": name, "threshold": threshold, "attack": "pixel",
+                   **compact(pixel_report)})
+    success = np.asarray(latent.success)
+    phi = np.asarray(cfajax.local_attributions(probes, z, np.asarray(latent.z)))
+    psi = cfajax.global_attributions(phi, prob, success=success, names=names,
+                                     num_bootstrap=1000, seed=0)
+    psis[name] = psi
+    stability[name] = split_half_overlap(phi, prob, success, names)
+    start_prob = 1 / (1 + np.exp(-np.asarray(apply(clf, starts))[:, 0]))
+    record[name].update({
+        # how often the decision on G(z) already equals the decision on x
+        "start_agreement": float(((start_prob >= 0.5) == (prob >= 0.5)).mean()),
+        "zero_step_fraction": float((np.asarray(latent.steps) == 0).mean()),
+        "accuracy_on_held_out": float(((prob >= 0.5) == labels[:, names_all.index(name)]).mean()),
+        "global_attributions": psi.to_dict(), "split_half": stability[name]})
+    moved = np.nonzero(success & (np.asarray(latent.steps) > 0))[0]
+    show = np.concatenate([moved[target[moved] == 1][:3], moved[target[moved] == 0][:3]])
+    local_figure(FIGURES / f"celeba_local_{name.lower()}.png", name, x[show], starts[show],
+                 cf[show], phi[show], names, target[show])
+    clock.lap(name)
+  global_figure(FIGURES / "celeba_global.png", psis)
+  record["wall_seconds"] = clock.stages
+  write_json(args.out, record)
+
+  print("## Counterfactual quality\n")
+  print(markdown_table(rows, ["classifier", "threshold", "attack", "n", "flip_rate", "median_steps",
+                              "oracle_agreement", "realism_ratio", "realism_outliers",
+                              "median_latent_l2", "median_pixel_l2",
+                              "median_pixel_l2_to_original"]))
+  print("\n## Global attributions: top 5 with 95% bootstrap intervals\n")
+  top_rows = []
+  for name, psi in psis.items():
+    for rank, a in enumerate(psi.ranking[:TOP], 1):
+      top_rows.append({"classifier": name, "rank": rank, "attribute": psi.names[a],
+                       "psi": float(psi.psi[a]), "ci_low": float(psi.ci_low[a]),
+                       "ci_high": float(psi.ci_high[a])})
+  print(markdown_table(top_rows, ["classifier", "rank", "attribute", "psi", "ci_low",
+                                  "ci_high"]))
+  print("\n## Split-half stability of the top 5 (100 random halvings)\n")
+  print(markdown_table([{"classifier": k, **v} for k, v in stability.items()],
+                       ["classifier", "top5_overlap_mean", "top5_overlap_min",
+                        "top5_identical_fraction", "rank_correlation_mean"]))
+  print("\nleft out of the probes:", excluded)
+  print("probe mean AUC on the held-out faces:", record["probes"]["mean_auc"])
+  print("wall seconds:", clock.stages)
+
+
+if __name__ == "__main__":
+  main()
