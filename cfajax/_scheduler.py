@@ -120,8 +120,12 @@ def _pool_start(config, z_queue, target_queue, n_valid, pool_size):
 
 
 def _pool_advance(decode, classify, config, hyper, z_queue, target_queue, n_valid, pool,
-                  stop_at):
-  """Runs the pool's loop until it drains or `stop_at` iterations have run."""
+                  stop_at, shrink_at):
+  """Runs the pool's loop until it drains or `stop_at` iterations have run.
+
+  It also stops once the queue is exhausted and at most `shrink_at` slots are
+  still busy, so that the host can move them to a narrower pool (0: never).
+  """
   step = jax.vmap(attack_step, in_axes=(None, None, None, None, 0))
   queue = z_queue.shape[0]
 
@@ -143,7 +147,9 @@ def _pool_advance(decode, classify, config, hyper, z_queue, target_queue, n_vali
     )
 
   def cond(pool: Pool):
-    return jnp.any(pool.slot_index >= 0) & (pool.iterations[0] < stop_at)
+    busy = jnp.sum(pool.slot_index >= 0)
+    narrow = (pool.next_index[0] >= n_valid) & (busy <= shrink_at)
+    return (busy > 0) & (pool.iterations[0] < stop_at) & ~narrow
 
   return jax.lax.while_loop(cond, body, pool)
 
@@ -162,18 +168,44 @@ def _start_sharded(z_queue, target_queue, n_valid, *, config, pool_size, mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames="pool")
-def _advance_sharded(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at, *,
-                     config, mesh):
+def _advance_sharded(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at,
+                     shrink_at, *, config, mesh):
   decode, classify = cast_model(decode, config.precision), cast_model(classify, config.precision)
 
-  def advance(decode, classify, hyper, z, t, n, pool, stop_at):
-    return _pool_advance(decode, classify, config, hyper, z, t, n[0], pool, stop_at)
+  def advance(decode, classify, hyper, z, t, n, pool, stop_at, shrink_at):
+    return _pool_advance(decode, classify, config, hyper, z, t, n[0], pool, stop_at, shrink_at)
 
   return jax.shard_map(
       advance, mesh=mesh,
-      in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), _pool_specs(), P()),
+      in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), _pool_specs(), P(),
+                P()),
       out_specs=_pool_specs(), check_vma=False,
-  )(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at)
+  )(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at, shrink_at)
+
+
+# A drained pool moves its busy slots to one a quarter as wide while the
+# narrower pool keeps at least this many slots per device: each width
+# compiles once, and on hardware whose step time scales with the width (a
+# CPU) the last stragglers no longer pay for the whole pool.
+SHRINK_FACTOR = 4
+MIN_SHRUNK_POOL = 64
+
+
+def _narrower(pool: Pool, devices: int, width: int, new_width: int, sharded) -> Pool:
+  """The pool's busy slots, device by device, moved into `new_width` slots per device."""
+  slot_index = np.asarray(pool.slot_index).reshape(devices, width)
+  # Busy slots first, in slot order; the rest of the narrow pool is empty.
+  keep = np.argsort(slot_index < 0, axis=1, kind="stable")[:, :new_width]
+
+  def narrow(a):
+    a = np.asarray(a)
+    rows = a.reshape(devices, width, *a.shape[1:])
+    picked = np.take_along_axis(rows, keep.reshape(devices, new_width, *[1] * (a.ndim - 1)),
+                                axis=1)
+    return jax.device_put(picked.reshape(devices * new_width, *a.shape[1:]), sharded)
+
+  return pool._replace(slots=jax.tree_util.tree_map(narrow, pool.slots),
+                       slot_index=narrow(slot_index.reshape(-1)))
 
 
 def _pool_specs():
@@ -192,16 +224,20 @@ def _queue_length(per_device: int, pool_size: int) -> int:
 
 
 def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, mesh=None,
-                   progress=None, segment_iterations=None):
+                   progress=None, segment_iterations=None, shrink=True):
   """Attacks (n, d) latents with a pool of `batch_size` slots kept full.
 
   Example i goes to device `i % num_devices`; each device keeps
-  `batch_size // num_devices` slots and its own queue.
+  `batch_size // num_devices` slots and its own queue. Once the queue is
+  exhausted and at most a quarter of the slots are busy, the busy ones move
+  to a pool a quarter as wide (`shrink`; never below `MIN_SHRUNK_POOL` slots
+  per device), so that a few slow latents do not keep the whole width busy.
 
   Returns:
     `(result, stats)`: an `AttackResult` in input order, and a dict with
-    `loop_iterations` (per device), `pool_size` and `useful_step_fraction`
-    (sum of steps over pool size times loop iterations).
+    `loop_iterations` (per device), `pool_size`, `final_pool_size` and
+    `useful_step_fraction` (sum of steps over the slot-iterations run, at
+    every width).
   """
   mesh = local_mesh() if mesh is None else mesh
   devices = mesh.devices.size
@@ -227,10 +263,18 @@ def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, me
   segment = limit if segment_iterations is None else int(segment_iterations)
   stop_at = 0
   reported = 0
+  width = pool_size
+  slot_steps = 0  # slots times iterations run, over every width
+  iterations_before = np.zeros(devices, np.int64)
   while True:
     stop_at = min(stop_at + segment, limit)
+    narrower = width // SHRINK_FACTOR if shrink and width // SHRINK_FACTOR >= MIN_SHRUNK_POOL else 0
     pool = _advance_sharded(decode, classify, hyper, z_queue, t_queue, n_valid, pool,
-                            jnp.asarray(stop_at, jnp.int32), config=config, mesh=mesh)
+                            jnp.asarray(stop_at, jnp.int32), jnp.asarray(narrower, jnp.int32),
+                            config=config, mesh=mesh)
+    iterations = np.asarray(pool.iterations).astype(np.int64)
+    slot_steps += int(np.sum(iterations - iterations_before)) * width
+    iterations_before = iterations
     occupied = np.asarray(pool.slot_index) >= 0
     if progress is not None:
       finished = int(np.sum(np.minimum(np.asarray(pool.next_index), n_valid)) - occupied.sum())
@@ -238,12 +282,16 @@ def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, me
       reported = finished
     if not occupied.any():
       break
+    busy = occupied.reshape(devices, width).sum(axis=1)
+    drained = np.all(np.asarray(pool.next_index) >= n_valid)
+    if narrower and drained and busy.max() <= narrower:
+      pool = _narrower(pool, devices, width, narrower, sharded)
+      width = narrower
 
   # Undo the device-major layout and drop the queue's padding.
   position = np.empty(devices * queue, np.int64)
   position[order] = np.arange(devices * queue)
   result = jax.tree_util.tree_map(lambda a: a[position[:n]], pool.outputs)
-  iterations = np.asarray(pool.iterations)
-  useful = float(np.sum(np.asarray(result.steps)) / max(1, np.sum(iterations) * pool_size))
+  useful = float(np.sum(np.asarray(result.steps)) / max(1, slot_steps))
   return result, {"loop_iterations": iterations.tolist(), "pool_size": pool_size * devices,
-                  "useful_step_fraction": useful}
+                  "final_pool_size": width * devices, "useful_step_fraction": useful}

@@ -87,6 +87,31 @@ def test_continuous_batching_keeps_the_pool_busy_when_steps_vary():
   assert static_useful < 0.6
 
 
+def heavy_tailed_linear_task(n, seed=0):
+  """A linear log-odds rising by 1 per step; most latents need ~10 steps, a few ~400."""
+  rng = np.random.default_rng(seed)
+  u = np.ones(4, np.float32) / 2
+  decode = lambda z: z.reshape(-1, 2, 2, 1)
+  classify = lambda x: (x.reshape(x.shape[0], -1) @ u)[:, None]
+  start = -np.where(rng.random(n) < 0.03, rng.uniform(300, 450, n), rng.uniform(5, 15, n))
+  return decode, classify, np.repeat(start.astype(np.float32)[:, None] / 2, 4, axis=1)
+
+
+def test_drained_pool_narrows_without_changing_results(monkeypatch):
+  decode, classify, z = heavy_tailed_linear_task(512)
+  options = dict(threshold=0.5, step_size=1.0, max_steps=600, batch_size=64,
+                 return_stats=True)
+  monkeypatch.setattr(_scheduler, "MIN_SHRUNK_POOL", 10**9)  # never narrower
+  wide, wide_stats = cfajax.counterfactual_attack(decode, classify, z, 1, **options)
+  monkeypatch.setattr(_scheduler, "MIN_SHRUNK_POOL", 4)
+  narrow, stats = cfajax.counterfactual_attack(decode, classify, z, 1, **options)
+  assert_same_results(narrow, wide)
+  assert wide_stats["final_pool_size"] == 64 and stats["final_pool_size"] == 4
+  # The ~15 stragglers run ~400 steps: in the 64-wide pool most slots idle.
+  assert wide_stats["useful_step_fraction"] < 0.5
+  assert stats["useful_step_fraction"] > 0.8
+
+
 def test_bfloat16_agrees_with_float32_on_stop_decisions():
   decode, classify = mlp_models()
   z, target = latents(64, seed=6), np.arange(64) % 3
@@ -115,7 +140,21 @@ MULTI_DEVICE = textwrap.dedent("""
     np.testing.assert_array_equal(eight.steps, one.steps)
     np.testing.assert_array_equal(eight.status, one.status)
     np.testing.assert_allclose(eight.z, one.z, atol=1e-5)
-    print("ok", stats)
+    # Narrowing a drained pool, device by device: 8 slots each, then 2.
+    from cfajax import _scheduler
+    from scheduler_test import heavy_tailed_linear_task
+    _scheduler.MIN_SHRUNK_POOL = 2
+    decode, classify, z = heavy_tailed_linear_task(400, seed=1)
+    options = dict(threshold=0.5, step_size=1.0, max_steps=600, batch_size=64)
+    one = cfajax.counterfactual_attack(decode, classify, z, 1,
+                                       mesh=cfajax.local_mesh(jax.devices()[:1]), **options)
+    narrow, narrow_stats = cfajax.counterfactual_attack(decode, classify, z, 1,
+                                                        return_stats=True, **options)
+    assert narrow_stats["final_pool_size"] == 16, narrow_stats
+    np.testing.assert_array_equal(narrow.steps, one.steps)
+    np.testing.assert_array_equal(narrow.status, one.status)
+    np.testing.assert_allclose(narrow.z, one.z, atol=1e-5)
+    print("ok", stats, narrow_stats)
 """)
 
 
