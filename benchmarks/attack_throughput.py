@@ -206,6 +206,44 @@ def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_
   return rows, agreement
 
 
+def planted_linear_task(n, low=10, high=500, seed=0):
+  """A linear classifier of a linear decoder whose log-odds rise by 1 per step.
+
+  Latent i starts at log-odds -U(low, high), so with step size 1 it needs
+  that many plain-ascent steps: a step distribution set by hand, to measure
+  the schedulers alone (the model costs next to nothing).
+  """
+  rng = np.random.default_rng(seed)
+  u = np.full(4, 0.5, np.float32)
+  decode = lambda z: z.reshape(-1, 2, 2, 1)
+  classify = lambda x: (x.reshape(x.shape[0], -1) @ u)[:, None]
+  start = -rng.uniform(low, high, size=n).astype(np.float32)
+  return decode, classify, np.repeat(start[:, None] / 2, 4, axis=1)
+
+
+def schedules_on_planted_steps(n=4096, pools=(32, 256), low=10, high=500, repeats=2):
+  """Useful-step fraction of both schedules when step counts spread over low..high."""
+  decode, classify, z = planted_linear_task(n, low, high)
+  rows = []
+  for pool in pools:
+    for schedule in ("static", "continuous"):
+      options = dict(threshold=0.5, step_size=1.0, max_steps=high + 100, batch_size=pool,
+                     schedule=schedule, return_stats=True)
+      run = lambda: cfajax.counterfactual_attack(decode, classify, z, 1, **options)
+      measured = timing.time_call(run, repeats=repeats, warmup=1)
+      result, stats = measured["out"]
+      steps = np.asarray(result.steps)
+      if schedule == "static":
+        iterations = sum(int(steps[i:i + pool].max()) + 1 for i in range(0, n, pool))
+        useful = float(steps.sum() / (pool * iterations))
+      else:
+        useful = stats["useful_step_fraction"]
+      rows.append({"schedule": schedule, "n": n, "pool": pool, "steps": f"{low}-{high}",
+                   "min_steps": int(steps.min()), "max_steps": int(steps.max()),
+                   "useful_step_fraction": useful, "median_s": measured["median_s"]})
+  return rows
+
+
 def peer_ratios(rows):
   """cfajax's latent-steps/s over the best PyTorch peer's, per (precision, batch).
 
@@ -305,6 +343,8 @@ def main(argv=None):
       vae, classifier, real_z, real_t, args.real_batch, args.threshold, args.max_steps,
       repeats=max(1, args.repeats - 1))
 
+  planted_rows = schedules_on_planted_steps(repeats=max(1, args.repeats - 1))
+
   print("\nfixed-step throughput")
   timing.print_table(rows, ["impl", "precision", "batch", "latent_steps_per_s", "compile_s",
                             "spread", "gflops_per_s", "fraction_of_matmul_peak"])
@@ -312,6 +352,9 @@ def main(argv=None):
   timing.print_table(schedule_rows, ["schedule", "precision", "n", "batch", "flip_rate",
                                      "median_steps", "max_steps", "useful_step_fraction",
                                      "counterfactuals_per_s"])
+  print("\nschedules on planted step counts (a linear toy: the schedulers alone)")
+  timing.print_table(planted_rows, ["schedule", "n", "pool", "steps", "min_steps", "max_steps",
+                                    "useful_step_fraction", "median_s"])
   ratios = peer_ratios(rows)
   if ratios:
     print("\ncfajax over the best PyTorch peer (latent-steps/s, same precision and batch)")
@@ -323,7 +366,8 @@ def main(argv=None):
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "device": device, "workload": args.workload, "trained_weights": trained,
         "latents": source, "matmul_peak_flops": peaks, "fixed_steps": args.steps,
-        "throughput": rows, "schedules": schedule_rows, "bf16_agreement": agreement,
+        "throughput": rows, "schedules": schedule_rows,
+        "schedules_planted": planted_rows, "bf16_agreement": agreement,
         "torch": torch_note, "torch_version": torch_version,
         "torch_setup": torch_setup, "peer_ratios": ratios,
         "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")})
