@@ -163,14 +163,14 @@ def main():
     record[name] = {}
     for threshold in THRESHOLDS:
       attack = cfajax.counterfactual_attack(vae.decode, clf, z, target,
-                                            **{**LATENT, "threshold": threshold})
+                                            progress=True, **{**LATENT, "threshold": threshold})
       attack_cf = np.asarray(apply(vae.decode, np.asarray(attack.z)))
       if threshold == LATENT["threshold"]:
         latent, cf = attack, attack_cf  # the counterfactuals explained below
       latent_report = metrics.counterfactual_report(
           attack, counterfactuals=attack_cf, starts=starts, images=x, z=z, oracle=judge,
           generator=vae, real_images=real)
-      pixel = metrics.pixel_attack(clf, x[:pixel_n], target[:pixel_n],
+      pixel = metrics.pixel_attack(clf, x[:pixel_n], target[:pixel_n], progress=True,
                                    **{**PIXEL, "threshold": threshold})
       pixel_report = metrics.counterfactual_report(
           pixel, counterfactuals=metrics.pixel_counterfactuals(pixel, x.shape[1:]),
