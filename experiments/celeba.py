@@ -51,7 +51,7 @@ PIXEL = {"threshold": 0.5, "step_size": 0.01, "max_steps": 500, "objective": "lo
 TOP = 5
 SPLITS = 100
 HOLDOUT = 1000
-THRESHOLDS = (0.5, 0.9)  # psi uses the first; both measure quality
+THRESHOLDS = (0.5, 0.9)  # psi uses 0.5; both measure quality
 
 
 def head(classifier, name: str):
@@ -129,7 +129,14 @@ def main():
   parser.add_argument("--limit", type=int, default=0, help="held-out faces (0: all)")
   parser.add_argument("--pixel", type=int, default=0,
                       help="faces per classifier for the pixel baseline (0: all)")
+  parser.add_argument("--no-figures", action="store_true",
+                      help="write no figures (for a side run that must not replace them)")
+  parser.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)),
+                      help="classifier confidences to stop at; 0.5 (which psi uses) must be one")
   args = parser.parse_args()
+  thresholds = [float(t) for t in args.thresholds.split(",")]
+  if LATENT["threshold"] not in thresholds:
+    parser.error(f"--thresholds must include {LATENT['threshold']}, the one psi uses")
 
   clock = Stopwatch()
   runs = Path(args.runs)
@@ -148,7 +155,8 @@ def main():
   probes = cfajax.fit_probes(z_aux, aux.attributes[:, keep], names=names, standardize=True,
                              class_weight="balanced", validation=(z, labels[:, keep]))
   record = {"hardware": hardware(), "latent_options": LATENT, "pixel_options": PIXEL,
-            "held_out": len(x), "auxiliary": len(aux), "excluded_attributes": excluded,
+            "held_out": len(x), "auxiliary": len(aux), "thresholds": thresholds,
+            "pixel_faces": min(args.pixel or len(x), len(x)), "excluded_attributes": excluded,
             "probes": {"mean_auc": float(np.nanmean(probes.val_auc)),
                        "auc": dict(zip(names, map(float, probes.val_auc))),
                        "accuracy": dict(zip(names, map(float, probes.val_accuracy)))}}
@@ -161,7 +169,7 @@ def main():
     target = (prob < 0.5).astype(np.int32)  # flip the decision
     pixel_n = args.pixel or len(x)
     record[name] = {}
-    for threshold in THRESHOLDS:
+    for threshold in thresholds:
       attack = cfajax.counterfactual_attack(vae.decode, clf, z, target,
                                             progress=True, **{**LATENT, "threshold": threshold})
       attack_cf = np.asarray(apply(vae.decode, np.asarray(attack.z)))
@@ -188,7 +196,11 @@ def main():
     psis[name] = psi
     stability[name] = split_half_overlap(phi, prob, success, names)
     start_prob = 1 / (1 + np.exp(-np.asarray(apply(clf, starts))[:, 0]))
+    judged = lambda images: ((np.asarray(apply(judge, images))[:, 0] >= 0) == target).mean()
     record[name].update({
+        # the oracle's agreement with the target before any step: the floor to beat
+        "oracle_agreement_on_originals": float(judged(x)),
+        "oracle_agreement_on_starts": float(judged(starts)),
         # how often the decision on G(z) already equals the decision on x
         "start_agreement": float(((start_prob >= 0.5) == (prob >= 0.5)).mean()),
         "zero_step_fraction": float((np.asarray(latent.steps) == 0).mean()),
@@ -196,10 +208,12 @@ def main():
         "global_attributions": psi.to_dict(), "split_half": stability[name]})
     moved = np.nonzero(success & (np.asarray(latent.steps) > 0))[0]
     show = np.concatenate([moved[target[moved] == 1][:3], moved[target[moved] == 0][:3]])
-    local_figure(FIGURES / f"celeba_local_{name.lower()}.png", name, x[show], starts[show],
-                 cf[show], phi[show], names, target[show])
+    if not args.no_figures:
+      local_figure(FIGURES / f"celeba_local_{name.lower()}.png", name, x[show], starts[show],
+                   cf[show], phi[show], names, target[show])
     clock.lap(name)
-  global_figure(FIGURES / "celeba_global.png", psis)
+  if not args.no_figures:
+    global_figure(FIGURES / "celeba_global.png", psis)
   record["wall_seconds"] = clock.stages
   write_json(args.out, record)
 
@@ -221,7 +235,10 @@ def main():
   print(markdown_table([{"classifier": k, **v} for k, v in stability.items()],
                        ["classifier", "top5_overlap_mean", "top5_overlap_min",
                         "top5_identical_fraction", "rank_correlation_mean"]))
-  print("\nleft out of the probes:", excluded)
+  print("\noracle agreement with the target before the attack (on x, on G(z)):",
+        {k: (record[k]["oracle_agreement_on_originals"], record[k]["oracle_agreement_on_starts"])
+         for k in HEADS})
+  print("left out of the probes:", excluded)
   print("probe mean AUC on the held-out faces:", record["probes"]["mean_auc"])
   print("wall seconds:", clock.stages)
 
