@@ -10,11 +10,9 @@ cfajax's first call (compilation included) apart from its steady state, for
 attributes fitted one at a time and side by side under vmap, and the largest
 difference between the two libraries' probabilities.
 
-Measured (2 shared CPU cores under a load average of ~5, so absolute times are
-inflated; jax 0.10, scikit-learn 1.9): cfajax 0.10-0.13 s steady state one
-attribute at a time (2.3-3.7 s first call), 0.24-0.29 s in vmapped batches of
-4, 0.85-0.95 s all 40 under one vmap; scikit-learn 17 s; probabilities agree
-to 2e-5.
+Measured on 2 idle CPU cores (benchmarks/RESULTS.md, "Probes against
+scikit-learn"): cfajax 0.062 s steady state for all 40 probes (1.5 s first
+call), scikit-learn 3.1 s; probabilities agree to 2.1e-5.
 """
 
 import argparse
