@@ -49,6 +49,7 @@ from attack_throughput import build_workload  # noqa: E402
 
 import cfajax  # noqa: E402
 from cfajax._batching import apply_batched  # noqa: E402
+from cfajax._explain import _Task  # noqa: E402
 
 STAGES = ("encode", "probes", "attack", "attributions")
 
@@ -70,17 +71,15 @@ def pair_prob(logits: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def choose_targets(logits: np.ndarray, task: str, classes: tuple[int, int]):
   """(selected rows, targets, original pair probabilities) for the task."""
+  if task == "pair":  # as `cfajax explain`
+    pair = _Task(logits.shape[1], classes)
+    selected = np.flatnonzero(pair.selected(logits))
+    return selected, pair.target(logits[selected]), pair.positive_prob(logits[selected])
   logits = np.asarray(logits, np.float64)
   predicted = np.argmax(logits, axis=1)
-  if task == "all":
-    runner_up = np.argsort(logits, axis=1)[:, -2]
-    return np.arange(len(logits)), runner_up.astype(np.int32), pair_prob(
-        logits, predicted, runner_up)
-  a, b = classes
-  selected = np.flatnonzero(np.isin(predicted, classes))
-  logits = logits[selected]
-  prob = pair_prob(logits, np.full(len(selected), a), np.full(len(selected), b))
-  return selected, np.where(prob >= 0.5, a, b).astype(np.int32), prob
+  runner_up = np.argsort(logits, axis=1)[:, -2]
+  return np.arange(len(logits)), runner_up.astype(np.int32), pair_prob(
+      logits, predicted, runner_up)
 
 
 def explain_once(vae, classifier, images, attributes, names, args):

@@ -26,13 +26,13 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cfajax._batching import pad_rows
 from cfajax._loop import EMPTY
 from cfajax._loop import RUNNING
 from cfajax._loop import AttackResult
 from cfajax._loop import attack_latent
 from cfajax._loop import attack_step
 from cfajax._loop import cast_model
-from cfajax._batching import pad_rows
 from cfajax._loop import init_state
 from cfajax._loop import result_from_states
 

@@ -54,11 +54,6 @@ HOLDOUT = 1000
 THRESHOLDS = (0.5, 0.9)  # psi uses 0.5; both measure quality
 
 
-def head(classifier, name: str):
-  """One sigmoid head of the multi-attribute classifier, as a (B, 1) classifier."""
-  return cfajax.select_output(classifier, name)
-
-
 def split_half_overlap(phi, original_prob, success, names, seed=0):
   """Top-5 overlap and rank correlation of psi between two random halves, over SPLITS splits."""
   rng = np.random.default_rng(seed)
@@ -164,8 +159,8 @@ def main():
 
   rows, psis, stability = [], {}, {}
   for name in HEADS:
-    clf, judge = head(classifier, name), head(oracle, name)
-    prob = 1 / (1 + np.exp(-np.asarray(apply(clf, x))[:, 0]))
+    clf, judge = cfajax.select_output(classifier, name), cfajax.select_output(oracle, name)
+    prob = metrics.target_probability(clf, x, 1)
     target = (prob < 0.5).astype(np.int32)  # flip the decision
     pixel_n = args.pixel or len(x)
     record[name] = {}
@@ -195,12 +190,11 @@ def main():
                                      num_bootstrap=1000, seed=0)
     psis[name] = psi
     stability[name] = split_half_overlap(phi, prob, success, names)
-    start_prob = 1 / (1 + np.exp(-np.asarray(apply(clf, starts))[:, 0]))
-    judged = lambda images: ((np.asarray(apply(judge, images))[:, 0] >= 0) == target).mean()
+    start_prob = metrics.target_probability(clf, starts, 1)
     record[name].update({
         # the oracle's agreement with the target before any step: the floor to beat
-        "oracle_agreement_on_originals": float(judged(x)),
-        "oracle_agreement_on_starts": float(judged(starts)),
+        "oracle_agreement_on_originals": metrics.oracle_agreement(judge, x, target)["agreement"],
+        "oracle_agreement_on_starts": metrics.oracle_agreement(judge, starts, target)["agreement"],
         # how often the decision on G(z) already equals the decision on x
         "start_agreement": float(((start_prob >= 0.5) == (prob >= 0.5)).mean()),
         "zero_step_fraction": float((np.asarray(latent.steps) == 0).mean()),
