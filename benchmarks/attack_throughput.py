@@ -135,9 +135,8 @@ def step_flops(vae, classifier, batch, latent_dim, precision):
 
   def one_step(decode, classify, z, target):
     decode, classify = _loop.cast_model(decode, precision), _loop.cast_model(classify, precision)
-    states = jax.vmap(_loop.init_state, in_axes=(None, 0, 0))(config, z, target)
-    return jax.vmap(_loop.attack_step, in_axes=(None, None, None, None, 0))(
-        decode, classify, config, hyper, states)
+    states = jax.vmap(_loop.init_state, in_axes=(None, None, 0, 0))(config, hyper, z, target)
+    return _loop.attack_step(decode, classify, config, hyper, states)
 
   z = jax.ShapeDtypeStruct((batch, latent_dim), jnp.float32)
   target = jax.ShapeDtypeStruct((batch,), jnp.int32)

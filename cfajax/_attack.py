@@ -8,7 +8,8 @@ compiled loop, failures are result codes (`Status`), never exceptions.
 from __future__ import annotations
 
 import dataclasses
-import math
+import inspect
+import warnings
 from typing import Callable
 
 import jax
@@ -16,14 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cfajax import _checks
 from cfajax import _scheduler
 from cfajax._callables import as_pure_callable
 from cfajax._loop import PRECISIONS
 from cfajax._loop import AttackConfig
 from cfajax._loop import AttackHyper
 from cfajax._loop import AttackResult
+from cfajax._loop import OBJECTIVES
 
-OBJECTIVES = ("logit", "prob", "log_prob")
 SCHEDULES = ("continuous", "static")
 DEFAULT_STEP_SIZE = 0.1
 DEFAULT_MAX_STEPS = 500
@@ -112,14 +114,11 @@ def check_targets(target, n: int, num_logits: int) -> np.ndarray:
 
 def make_hyper(threshold, step_size, max_steps, grad_tol, dtype) -> AttackHyper:
   """Checks the traced options and packs them as device scalars."""
-  if not 0.0 < threshold < 1.0:
-    raise ValueError(f"threshold must be in (0, 1); got {threshold}")
-  if not (math.isfinite(step_size) and step_size > 0):
-    raise ValueError(f"step_size must be a positive number; got {step_size}")
-  if int(max_steps) != max_steps or max_steps < 0:
-    raise ValueError(f"max_steps must be a non-negative integer; got {max_steps}")
-  if not grad_tol >= 0:
-    raise ValueError(f"grad_tol must be >= 0; got {grad_tol}")
+  threshold = _checks.number("threshold", threshold, low=0.0, high=1.0, low_open=True,
+                             high_open=True)
+  step_size = _checks.number("step_size", step_size, low=0.0, low_open=True)
+  max_steps = _checks.integer("max_steps", max_steps, low=0)
+  grad_tol = _checks.number("grad_tol", grad_tol, low=0.0)
   return AttackHyper(
       threshold=jnp.asarray(threshold, jnp.float32),
       step_size=jnp.asarray(step_size, dtype),
@@ -128,23 +127,74 @@ def make_hyper(threshold, step_size, max_steps, grad_tol, dtype) -> AttackHyper:
   )
 
 
+def _optimizer_factory(optimizer):
+  """`optimizer` as None, a ready transformation, or a factory of a learning rate."""
+  if optimizer is None or isinstance(optimizer, optax.GradientTransformation):
+    return optimizer
+  if isinstance(optimizer, str):
+    factory = getattr(optax, optimizer, None)
+    if not callable(factory) or isinstance(factory, type):
+      raise ValueError(f"optimizer {optimizer!r} is not an optax optimizer; name one such as "
+                       "'adam', 'sgd', 'rmsprop' or 'lion'")
+    try:
+      parameters = list(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+      parameters = []
+    if not parameters or parameters[0] != "learning_rate":
+      raise ValueError(f"optax.{optimizer} does not take a learning rate first; name an "
+                       "optimizer such as 'adam', 'sgd', 'rmsprop' or 'lion'")
+    return factory
+  if callable(optimizer):
+    return optimizer
+  raise ValueError("optimizer must be None (plain ascent), an optax optimizer's name "
+                   "('adam'), a factory of a learning rate (optax.adam) or an "
+                   f"optax.GradientTransformation; got {type(optimizer).__name__}")
+
+
 def make_config(objective: str, optimizer, step_size, precision) -> tuple[AttackConfig, float]:
-  """Checks the static options; returns the config and the plain step size."""
-  if objective not in OBJECTIVES:
-    raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
-  if precision not in PRECISIONS:
-    raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-  if optimizer is not None:
+  """Checks the static options; returns the config and the (traced) step size."""
+  _checks.choice("objective", objective, OBJECTIVES)
+  _checks.choice("precision", precision, PRECISIONS)
+  if precision == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("precision='float64' needs 64-bit JAX: set "
+                     "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) first")
+  optimizer = _optimizer_factory(optimizer)
+  if isinstance(optimizer, optax.GradientTransformation):
     if step_size is not None:
       raise ValueError(
-          "step_size applies to plain gradient ascent only; with an optax optimizer "
-          "set the learning rate in the optimizer (e.g. optax.adam(0.05))")
-    if not isinstance(optimizer, optax.GradientTransformation):
-      raise ValueError(
-          f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}")
-    step_size = 1.0  # unused by the optax branch; any valid value
+          "step_size is the learning rate of plain ascent or of an optimizer given by name "
+          "or factory (optimizer='adam', step_size=0.05); a ready optax transformation has "
+          "its own learning rate compiled in (e.g. optax.adam(0.05))")
+    step_size = 1.0  # unused by a ready transformation; any valid value
   config = AttackConfig(objective, optimizer, precision)
   return config, DEFAULT_STEP_SIZE if step_size is None else step_size
+
+
+def _warn_about_constants(name: str, fn, example, precision: str) -> None:
+  """Warns when a model's arrays are compiled-in constants that `precision` cannot cast."""
+  if precision == "float32":
+    return
+  # The pytree callable is an argument, so its parameters are inputs, not constants.
+  consts = jax.make_jaxpr(lambda fn, x: fn(x))(fn, example).consts
+  # Wider constants promote the arithmetic back to their own dtype.
+  bits = jnp.finfo(precision).bits
+  wider = sum(int(np.size(c)) for c in consts
+              if hasattr(c, "dtype") and jnp.issubdtype(c.dtype, jnp.floating)
+              and jnp.finfo(c.dtype).bits > bits)
+  if wider:
+    warnings.warn(
+        f"precision={precision!r} casts a model's parameters, but {name} closes over "
+        f"{wider} floating-point values of a wider dtype as constants of the compiled "
+        "program: no cast reaches them, and they promote the arithmetic back to their "
+        "dtype. Pass them as arguments: an nnx.Module (or its bound method), or "
+        "jax.tree_util.Partial(apply_fn, params).", stacklevel=3)
+
+
+def _empty_result(d: int, dtype) -> AttackResult:
+  return AttackResult(
+      z=jnp.zeros((0, d), dtype), target=jnp.zeros((0,), jnp.int32),
+      steps=jnp.zeros((0,), jnp.int32), status=jnp.zeros((0,), jnp.int32),
+      initial_prob=jnp.zeros((0,), jnp.float32), final_prob=jnp.zeros((0,), jnp.float32))
 
 
 def counterfactual_attack(
@@ -157,7 +207,7 @@ def counterfactual_attack(
     step_size: float | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     objective: str = "logit",
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer=None,
     grad_tol: float = 0.0,
     precision: str = "float32",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -169,7 +219,9 @@ def counterfactual_attack(
   """Moves each latent until the classifier gives its target `threshold` probability.
 
   Each latent is attacked independently: its result does not depend on the
-  batch size, the schedule or the other latents in its batch.
+  batch size, the schedule or the other latents in its batch (up to the
+  summation order inside batched matrix products; see the README's "What is
+  guaranteed").
 
   Args:
     decode: maps latents (B, d) to images (B, H, W, C). An `nnx.Module`
@@ -181,21 +233,29 @@ def counterfactual_attack(
     target: () or (n,) target class: an index in [0, K) for `K >= 2`; for
       `K == 1`, 1 to reach `p >= threshold` and 0 to reach `p <= 1 - threshold`.
     threshold: target probability at which a latent stops.
-    step_size: the ascent rate `eta` of plain gradient ascent
-      (default 0.1). Not allowed together with `optimizer`.
-    max_steps: most updates per latent.
+    step_size: the learning rate `eta`: of plain gradient ascent (the
+      paper's update, default 0.1), or of the optimizer named by `optimizer`.
+    max_steps: most updates per latent (at most 2**31 - 1).
     objective: what is ascended: `"logit"`, the target's log-odds
       `log q - log(1 - q)` (never saturates; default), `"prob"`, the
       probability `q` (as the paper writes it), or `"log_prob"`, `log q`.
-    optimizer: an optax transformation (e.g. `optax.adam(0.05)`) to use
-      instead of plain ascent.
+    optimizer: None for plain ascent; an optax optimizer's name (`"adam"`)
+      or factory (`optax.adam`), built with `step_size` as its learning
+      rate; or a ready `optax.GradientTransformation` (`optax.adam(0.05)`,
+      then without `step_size`). Threshold, step size, max steps and
+      grad_tol are traced, so a sweep over them compiles once; a ready
+      transformation's numbers are compiled in, so each new one compiles anew.
     grad_tol: a latent whose gradient norm is `<= grad_tol` stops with
       `Status.ZERO_GRADIENT`.
-    precision: `"float32"`, or `"bfloat16"` to run the decoder and the
-      classifier in bf16 (latents, gradients and updates stay in z's dtype).
+    precision: the dtype of the decoder's and classifier's arithmetic:
+      `"float32"`; `"bfloat16"` (the models' floating-point parameters and
+      inputs are cast; arrays a plain function closes over cannot be, and a
+      warning says so); or `"float64"` (needs `jax_enable_x64`). Latents,
+      gradients and updates stay in z's dtype.
     batch_size: latents on the device at once. With `schedule="static"`,
       chunks of this size (the last padded) share one compilation; with
-      `"continuous"`, the pool size (split over the mesh's devices).
+      `"continuous"`, the pool size, split evenly over the mesh's devices
+      (rounded down to a multiple of their number).
     schedule: `"continuous"` keeps a pool of `batch_size` latents busy,
       refilling a slot as soon as its latent stops; `"static"` runs
       fixed chunks in which every latent waits for the slowest.
@@ -210,24 +270,39 @@ def counterfactual_attack(
     An `AttackResult` of length n (and the stats dict if `return_stats`).
 
   Raises:
-    ValueError: on inputs of the wrong shape, dtype or range, non-finite
-      latents, or models that do not fit the (B, d) -> (B, ...) -> (B, K)
-      contract.
+    ValueError: on inputs of the wrong type, shape, dtype or range,
+      non-finite latents, or models that do not fit the
+      (B, d) -> (B, ...) -> (B, K) contract.
 
   Example:
     >>> result = counterfactual_attack(vae.decode, classifier, vae.encode(x), target=9)
     >>> counterfactuals = vae.decode(result.z[result.success])
   """
   config, step_size = make_config(objective, optimizer, step_size, precision)
-  if schedule not in SCHEDULES:
-    raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
+  _checks.choice("schedule", schedule, SCHEDULES)
   z = check_latents(z)
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+  batch_size = _checks.integer("batch_size", batch_size, low=1)
+  if schedule == "continuous":
+    mesh = _scheduler.local_mesh() if mesh is None else mesh
+    if batch_size < mesh.devices.size:
+      raise ValueError(
+          f"batch_size ({batch_size}) is smaller than the {mesh.devices.size} devices the "
+          f"continuous schedule splits its pool over; pass batch_size >= "
+          f"{mesh.devices.size}, or a smaller mesh (cfajax.local_mesh(devices))")
   decode, classify = as_pure_callable(decode), as_pure_callable(classify)
   signature = check_models(decode, classify, z.shape[1], z.dtype)
   target = check_targets(target, z.shape[0], signature.num_logits)
   hyper = make_hyper(threshold, step_size, max_steps, grad_tol, z.dtype)
+  if precision != "float32":
+    _warn_about_constants("decode", decode, jax.ShapeDtypeStruct((2, z.shape[1]), precision),
+                          precision)
+    _warn_about_constants("classify", classify,
+                          jax.ShapeDtypeStruct((2, *signature.image_shape), precision), precision)
+  if z.shape[0] == 0:
+    empty = _empty_result(z.shape[1], z.dtype)
+    stats = {"loop_iterations": [], "pool_size": 0, "final_pool_size": 0,
+             "useful_step_fraction": None}
+    return (empty, stats) if return_stats else empty
 
   bar, own_bar = None, False
   if hasattr(progress, "update"):
@@ -238,10 +313,10 @@ def counterfactual_attack(
   try:
     if schedule == "static":
       result, stats = _scheduler.run_static(
-          decode, classify, z, target, hyper, config, batch_size=int(batch_size), progress=bar)
+          decode, classify, z, target, hyper, config, batch_size=batch_size, progress=bar)
     else:
       result, stats = _scheduler.run_continuous(
-          decode, classify, z, target, hyper, config, batch_size=int(batch_size), mesh=mesh,
+          decode, classify, z, target, hyper, config, batch_size=batch_size, mesh=mesh,
           progress=bar, segment_iterations=64 if bar is not None else None)
   finally:
     if own_bar:

@@ -1,13 +1,20 @@
-"""One latent's Counterfactual Attack, as a pure state machine.
+"""The Counterfactual Attack as a pure state machine over a batch of latents.
 
-For one latent `z` and a target class `t`, repeat
+For each latent `z` and target class `t`, repeat
 
     if q_t(G(z)) >= threshold: stop (reached)
     z <- z + step_size * grad_z objective(f(G(z)), t)
 
-where `q_t` is the classifier's probability of the target. `init_state` and
-`attack_step` are written for a single example; `attack_latent` runs them to
-completion with `lax.while_loop`. The schedulers in `_scheduler.py` batch them.
+where `q_t` is the classifier's probability of the target. The state of one
+latent (`LatentState`) and its update (`update_latent`) are written for a
+single example and vmapped. The gradient is taken of the batch's summed
+objective, in which `jax.vmap` makes each row depend on its own latent alone,
+so each row's gradient is exactly its own latent's gradient. (Taking the
+gradient outside the vmap, rather than vmapping a per-example gradient, also
+keeps the transposed convolutions out of vmap's batching rules, which
+jax 0.7 cannot apply inside `shard_map`.) `attack_step` advances a batch by
+one check-and-update; `attack_batch` runs it until every latent stops. The
+schedulers in `_scheduler.py` drive them.
 """
 
 from __future__ import annotations
@@ -21,9 +28,6 @@ import jax.numpy as jnp
 import optax
 
 OBJECTIVES = ("logit", "prob", "log_prob")
-DEFAULT_STEP_SIZE = 0.1
-DEFAULT_MAX_STEPS = 500
-DEFAULT_BATCH_SIZE = 4096
 
 
 class Status(enum.IntEnum):
@@ -37,23 +41,42 @@ class Status(enum.IntEnum):
 
 RUNNING = -1  # internal: the latent has not stopped yet
 EMPTY = -2  # internal: a scheduler slot that holds no latent
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float64")
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-  """The options that change the compiled program (static and hashable)."""
+  """The options that change the compiled program (static and hashable).
+
+  Attributes:
+    objective: what is ascended (`OBJECTIVES`).
+    optimizer: how a latent moves along its gradient. None is plain ascent
+      (`optax.sgd`); a factory (`optax.adam`, or any callable mapping a
+      learning rate to an optax transformation) is called inside the trace
+      with the traced `AttackHyper.step_size`, so a new learning rate reuses
+      the compiled program; a ready `optax.GradientTransformation` is used as
+      it is, its numbers compiled in.
+    precision: dtype of the decoder's and classifier's arithmetic.
+  """
 
   objective: str = "logit"
-  optimizer: optax.GradientTransformation | None = None
-  precision: str = "float32"  # dtype of the decoder's and classifier's arithmetic
+  optimizer: Callable[..., optax.GradientTransformation] | optax.GradientTransformation | None = None
+  precision: str = "float32"
+
+  def transformation(self, learning_rate: jax.Array) -> optax.GradientTransformation:
+    """The optax transformation for a (traced) learning rate."""
+    if self.optimizer is None:
+      return optax.sgd(learning_rate)
+    if isinstance(self.optimizer, optax.GradientTransformation):
+      return self.optimizer
+    return self.optimizer(learning_rate)
 
 
 class AttackHyper(NamedTuple):
   """The options that are traced: new values never trigger a recompile."""
 
   threshold: jax.Array  # () float32, in (0, 1)
-  step_size: jax.Array  # () float, plain ascent only
+  step_size: jax.Array  # () latent dtype: the learning rate of plain ascent or a factory
   max_steps: jax.Array  # () int32
   grad_tol: jax.Array  # () float32
 
@@ -62,7 +85,7 @@ class LatentState(NamedTuple):
   """The carry of one latent's loop. Shapes are for one example."""
 
   z: jax.Array  # (d,)
-  opt_state: Any  # the optimizer's state for z (an empty tuple for plain ascent)
+  opt_state: Any  # the optimizer's state for z
   target: jax.Array  # () int32
   steps: jax.Array  # () int32, updates taken so far
   status: jax.Array  # () int32, RUNNING or a `Status`
@@ -122,7 +145,11 @@ def target_scores(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.
 
 
 def cast_model(model, precision: str):
-  """Casts a pytree callable's floating-point parameters to `precision`."""
+  """Casts a pytree callable's floating-point parameters to `precision`.
+
+  float32 leaves the model as it is (models are float32 unless their author
+  chose otherwise); bfloat16 and float64 cast every floating leaf.
+  """
   if precision == "float32":
     return model
   dtype = jnp.dtype(precision)
@@ -131,21 +158,43 @@ def cast_model(model, precision: str):
 
 
 def _objective_and_prob(decode, classify, config, z, target):
+  """One latent's objective and target probability, from its own z (d,) alone."""
   # Latents and gradients stay in z's dtype; only the models' arithmetic is cast.
   x = decode(z[None].astype(config.precision))
-  logits = classify(x)[0].astype(jnp.float32)
+  logits = classify(x)[0]
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   log_odds, log_prob = target_scores(logits, target)
   value = {"logit": log_odds, "prob": jnp.exp(log_prob), "log_prob": log_prob}[config.objective]
   return value, jnp.exp(log_prob)
 
 
-def init_state(config: AttackConfig, z: jax.Array, target: jax.Array) -> LatentState:
+def probabilities_and_gradients(decode, classify, config, z, target):
+  """Each latent's target probability and objective gradient, for a batch.
+
+  Args:
+    z: (B, d) latents; target: (B,) int32.
+
+  Returns:
+    `(prob, grad)`: (B,) target probabilities (float32, or float64 for
+    float64 models) and (B, d) gradients of each latent's own objective.
+  """
+  per_example = jax.vmap(_objective_and_prob, in_axes=(None, None, None, 0, 0))
+
+  def total(z):
+    values, prob = per_example(decode, classify, config, z, target)
+    return jnp.sum(values), prob
+
+  grad, prob = jax.grad(total, has_aux=True)(z)
+  return prob, grad
+
+
+def init_state(config: AttackConfig, hyper: AttackHyper, z: jax.Array,
+               target: jax.Array) -> LatentState:
   """The loop state of one latent `z` (d,) before its first check."""
-  opt_state = () if config.optimizer is None else config.optimizer.init(z)
   nan = jnp.array(jnp.nan, jnp.float32)
   return LatentState(
       z=z,
-      opt_state=opt_state,
+      opt_state=config.transformation(hyper.step_size).init(z),
       target=jnp.asarray(target, jnp.int32),
       steps=jnp.array(0, jnp.int32),
       status=jnp.array(RUNNING, jnp.int32),
@@ -154,22 +203,20 @@ def init_state(config: AttackConfig, z: jax.Array, target: jax.Array) -> LatentS
   )
 
 
-def attack_step(
-    decode: Callable, classify: Callable, config: AttackConfig, hyper: AttackHyper,
-    state: LatentState,
-) -> LatentState:
-  """Checks the target, then takes one ascent step if the latent may go on.
+def update_latent(config: AttackConfig, hyper: AttackHyper, state: LatentState,
+                  prob: jax.Array, grad: jax.Array) -> LatentState:
+  """Checks one latent's target, then moves it one step if it may go on.
 
   A latent that has already stopped (or an empty slot) is returned unchanged,
-  so the step can be applied to a pool in which some latents have finished.
-  `decode` and `classify` must already be cast to `config.precision`.
-  """
-  grad_fn = jax.value_and_grad(_objective_and_prob, argnums=3, has_aux=True)
-  (_, prob), grad = grad_fn(decode, classify, config, state.z, state.target)
-  running = state.status == RUNNING
+  so the update can be applied to a pool in which some latents have finished.
 
+  Args:
+    state: the latent's state; prob: () its target probability now; grad:
+      (d,) the gradient of its objective.
+  """
+  running = state.status == RUNNING
   finite = jnp.isfinite(prob) & jnp.all(jnp.isfinite(grad))
-  grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32))))
+  grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad)))
   status = jnp.select(
       [prob >= hyper.threshold, ~finite, state.steps >= hyper.max_steps,
        grad_norm <= hyper.grad_tol],
@@ -179,14 +226,12 @@ def attack_step(
   status = jnp.where(running, status, state.status)
   move = status == RUNNING
 
-  if config.optimizer is None:
-    new_z = state.z + hyper.step_size.astype(state.z.dtype) * grad
-    new_opt_state = state.opt_state
-  else:
-    # optax minimises; ascend by handing it the negated gradient.
-    updates, new_opt_state = config.optimizer.update(-grad, state.opt_state, state.z)
-    new_z = optax.apply_updates(state.z, updates)
+  # optax minimises; ascend by handing it the negated gradient.
+  tx = config.transformation(hyper.step_size)
+  updates, new_opt_state = tx.update(-grad, state.opt_state, state.z)
+  new_z = optax.apply_updates(state.z, updates)
   keep = lambda new, old: jnp.where(move, new, old)
+  prob = prob.astype(jnp.float32)
   return LatentState(
       z=keep(new_z, state.z),
       opt_state=jax.tree_util.tree_map(keep, new_opt_state, state.opt_state),
@@ -198,14 +243,26 @@ def attack_step(
   )
 
 
-def attack_latent(
+def attack_step(
+    decode: Callable, classify: Callable, config: AttackConfig, hyper: AttackHyper,
+    states: LatentState,
+) -> LatentState:
+  """One check-and-update of a batch of latent states (leaves lead with B).
+
+  `decode` and `classify` must already be cast to `config.precision`.
+  """
+  prob, grad = probabilities_and_gradients(decode, classify, config, states.z, states.target)
+  return jax.vmap(update_latent, in_axes=(None, None, 0, 0, 0))(config, hyper, states, prob, grad)
+
+
+def attack_batch(
     decode: Callable, classify: Callable, config: AttackConfig, hyper: AttackHyper,
     z: jax.Array, target: jax.Array,
 ) -> LatentState:
-  """Runs the attack on one latent `z` (d,) until it stops. Not jitted."""
-  step = lambda state: attack_step(decode, classify, config, hyper, state)
-  return jax.lax.while_loop(
-      lambda state: state.status == RUNNING, step, init_state(config, z, target))
+  """Runs the attack on latents `z` (B, d) until every one stops. Not jitted."""
+  states = jax.vmap(init_state, in_axes=(None, None, 0, 0))(config, hyper, z, target)
+  step = lambda states: attack_step(decode, classify, config, hyper, states)
+  return jax.lax.while_loop(lambda states: jnp.any(states.status == RUNNING), step, states)
 
 
 def result_from_states(state: LatentState) -> AttackResult:
@@ -213,5 +270,3 @@ def result_from_states(state: LatentState) -> AttackResult:
   return AttackResult(
       z=state.z, target=state.target, steps=state.steps, status=state.status,
       initial_prob=state.initial_prob, final_prob=state.final_prob)
-
-

@@ -201,14 +201,14 @@ class ConvVAE(nnx.Module):
     self.heights = tuple(_halvings(height, len(widths)))
     self.widths_px = tuple(_halvings(width, len(widths)))
     ins = (channels,) + widths[:-1]
-    self.encoder = nnx.List([nnx.Conv(i, o, (4, 4), strides=2, rngs=rngs)
+    self.encoder = nnx.data([nnx.Conv(i, o, (4, 4), strides=2, rngs=rngs)
                              for i, o in zip(ins, widths)])
     flat = self.heights[-1] * self.widths_px[-1] * widths[-1]
     self.to_mean = nnx.Linear(flat, config.latent_dim, rngs=rngs)
     self.to_logvar = nnx.Linear(flat, config.latent_dim, rngs=rngs)
     self.from_latent = nnx.Linear(config.latent_dim, flat, rngs=rngs)
     outs = widths[-2::-1] + (channels,)
-    self.decoder = nnx.List([nnx.Conv(i, 4 * o, (3, 3), rngs=rngs)
+    self.decoder = nnx.data([nnx.Conv(i, 4 * o, (3, 3), rngs=rngs)
                              for i, o in zip(widths[::-1], outs)])
 
   def encode_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -302,7 +302,7 @@ class Classifier(nnx.Module):
       for _ in range(config.depth):
         convs.append(nnx.Conv(previous, out, (3, 3), rngs=rngs))
         previous = out
-    self.convs = nnx.List(convs)
+    self.convs = nnx.data(convs)
     stages = len(config.widths)
     flat = _halvings(height, stages)[-1] * _halvings(width, stages)[-1] * config.widths[-1]
     self.hidden = nnx.Linear(flat, config.dense_width, rngs=rngs)

@@ -2,8 +2,8 @@
 
 Two schedulers run the per-latent state machine of `_loop.py`:
 
-* `run_static`: each chunk of `batch_size` latents is one vmapped
-  `while_loop`; every latent of the chunk waits for the slowest one.
+* `run_static`: each chunk of `batch_size` latents is one `while_loop`;
+  every latent of the chunk waits for the slowest one.
 * `run_continuous`: a fixed pool of slots stays on the device; a latent that
   stops is written out and its slot is refilled from the queue inside the
   compiled loop, so the pool stays busy when step counts vary widely. The pool
@@ -11,7 +11,9 @@ Two schedulers run the per-latent state machine of `_loop.py`:
   device runs its own loop over its share, with no communication.
 
 Both give each latent the same arithmetic, so a latent's result does not depend
-on the scheduler, the batch size or its neighbours.
+on the scheduler, the batch size or its neighbours, up to the summation order
+that a batch's shape can change inside matrix products (README, "What is
+guaranteed").
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cfajax._batching import pad_rows
 from cfajax._loop import EMPTY
 from cfajax._loop import RUNNING
 from cfajax._loop import AttackResult
-from cfajax._loop import attack_latent
+from cfajax._loop import attack_batch
 from cfajax._loop import attack_step
 from cfajax._loop import cast_model
 from cfajax._loop import init_state
@@ -55,8 +57,7 @@ def _concat(parts):
 @functools.partial(jax.jit, static_argnames="config")
 def _attack_batch(decode, classify, z, target, hyper, *, config):
   decode, classify = cast_model(decode, config.precision), cast_model(classify, config.precision)
-  attack = jax.vmap(attack_latent, in_axes=(None, None, None, None, 0, 0))
-  return result_from_states(attack(decode, classify, config, hyper, z, target))
+  return result_from_states(attack_batch(decode, classify, config, hyper, z, target))
 
 
 def run_static(decode, classify, z, target, hyper, config, *, batch_size, progress=None):
@@ -94,17 +95,18 @@ def _where_rows(mask, new, old):
   return jax.tree_util.tree_map(pick, new, old)
 
 
-def _load(config, z_queue, target_queue, n_valid, positions):
+def _load(config, hyper, z_queue, target_queue, n_valid, positions):
   """Fresh loop states for queue `positions` (P,); past `n_valid` they are empty."""
   valid = positions < n_valid
   safe = jnp.where(valid, positions, 0)
-  states = jax.vmap(init_state, in_axes=(None, 0, 0))(config, z_queue[safe], target_queue[safe])
+  states = jax.vmap(init_state, in_axes=(None, None, 0, 0))(
+      config, hyper, z_queue[safe], target_queue[safe])
   states = states._replace(status=jnp.where(valid, states.status, EMPTY))
   return states, jnp.where(valid, positions, -1)
 
 
-def _pool_start(config, z_queue, target_queue, n_valid, pool_size):
-  slots, slot_index = _load(config, z_queue, target_queue, n_valid,
+def _pool_start(config, hyper, z_queue, target_queue, n_valid, pool_size):
+  slots, slot_index = _load(config, hyper, z_queue, target_queue, n_valid,
                             jnp.arange(pool_size, dtype=jnp.int32))
   queue = z_queue.shape[0]
   outputs = AttackResult(
@@ -126,18 +128,17 @@ def _pool_advance(decode, classify, config, hyper, z_queue, target_queue, n_vali
   It also stops once the queue is exhausted and at most `shrink_at` slots are
   still busy, so that the host can move them to a narrower pool (0: never).
   """
-  step = jax.vmap(attack_step, in_axes=(None, None, None, None, 0))
   queue = z_queue.shape[0]
 
   def body(pool: Pool) -> Pool:
-    slots = step(decode, classify, config, hyper, pool.slots)
+    slots = attack_step(decode, classify, config, hyper, pool.slots)
     done = (slots.status != RUNNING) & (pool.slot_index >= 0)
     write_at = jnp.where(done, pool.slot_index, queue)  # out of range: dropped
     outputs = jax.tree_util.tree_map(
         lambda buffer, value: buffer.at[write_at].set(value, mode="drop"),
         pool.outputs, result_from_states(slots))
     positions = pool.next_index[0] + jnp.cumsum(done, dtype=jnp.int32) - 1
-    fresh, fresh_index = _load(config, z_queue, target_queue, n_valid, positions)
+    fresh, fresh_index = _load(config, hyper, z_queue, target_queue, n_valid, positions)
     return Pool(
         slots=_where_rows(done, fresh, slots),
         slot_index=jnp.where(done, fresh_index, pool.slot_index),
@@ -161,10 +162,11 @@ def local_mesh(devices=None) -> Mesh:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "pool_size", "mesh"))
-def _start_sharded(z_queue, target_queue, n_valid, *, config, pool_size, mesh):
-  start = lambda z, t, n: _pool_start(config, z, t, n[0], pool_size)
-  return jax.shard_map(start, mesh=mesh, in_specs=P(DATA_AXIS), out_specs=_pool_specs(),
-                       check_vma=False)(z_queue, target_queue, n_valid)
+def _start_sharded(hyper, z_queue, target_queue, n_valid, *, config, pool_size, mesh):
+  start = lambda hyper, z, t, n: _pool_start(config, hyper, z, t, n[0], pool_size)
+  return jax.shard_map(start, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+                       out_specs=_pool_specs(), check_vma=False)(hyper, z_queue, target_queue,
+                                                                 n_valid)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames="pool")
@@ -258,7 +260,8 @@ def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, me
   t_queue = jax.device_put(t_queue, sharded)
   n_valid = jax.device_put(n_valid, sharded)
 
-  pool = _start_sharded(z_queue, t_queue, n_valid, config=config, pool_size=pool_size, mesh=mesh)
+  pool = _start_sharded(hyper, z_queue, t_queue, n_valid, config=config, pool_size=pool_size,
+                        mesh=mesh)
   limit = np.iinfo(np.int32).max
   segment = limit if segment_iterations is None else int(segment_iterations)
   stop_at = 0

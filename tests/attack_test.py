@@ -12,6 +12,8 @@ from flax import nnx
 import cfajax
 from cfajax import Status
 from cfajax import _scheduler
+from conftest import assert_same_results
+from conftest import enable_x64
 
 D, H, W = 4, 3, 3
 
@@ -105,26 +107,25 @@ def test_closed_form_linear_softmax_two_classes():
 
 
 def test_results_do_not_depend_on_batch():
+  # Checked in float64, where a batch shape's other summation order is pure
+  # round-off (conftest.Z_ATOL says why that tolerance).
   decode, classify = mlp_models()
-  z = latents(9)
   target = np.arange(9) % 3
-  options = dict(threshold=0.8, step_size=0.5, max_steps=200)
-  together = cfajax.counterfactual_attack(decode, classify, z, target, **options)
-  chunked = cfajax.counterfactual_attack(decode, classify, z, target, batch_size=4, **options)
-  perm = np.random.default_rng(0).permutation(9)
-  shuffled = cfajax.counterfactual_attack(decode, classify, z[perm], target[perm], **options)
-  alone = [cfajax.counterfactual_attack(decode, classify, z[i:i + 1], target[i], **options)
-           for i in range(3)]
-
+  options = dict(threshold=0.8, step_size=0.5, max_steps=200, precision="float64")
+  with enable_x64():
+    z = np.asarray(latents(9), np.float64)
+    together = cfajax.counterfactual_attack(decode, classify, z, target, **options)
+    chunked = cfajax.counterfactual_attack(decode, classify, z, target, batch_size=4, **options)
+    perm = np.random.default_rng(0).permutation(9)
+    shuffled = cfajax.counterfactual_attack(decode, classify, z[perm], target[perm], **options)
+    alone = [cfajax.counterfactual_attack(decode, classify, z[i:i + 1], target[i], **options)
+             for i in range(3)]
+  assert together.z.dtype == np.float64
   assert len(set(np.asarray(together.steps))) > 2, "want latents that stop at different steps"
-  # Same arithmetic per example; different batch shapes may reorder float sums, so allow 1e-5.
   for other in (chunked, jax.tree_util.tree_map(lambda a: a[np.argsort(perm)], shuffled)):
-    np.testing.assert_array_equal(other.steps, together.steps)
-    np.testing.assert_array_equal(other.status, together.status)
-    np.testing.assert_allclose(other.z, together.z, atol=1e-5)
+    assert_same_results(other, together)
   for i, single in enumerate(alone):
-    assert single.steps[0] == together.steps[i]
-    np.testing.assert_allclose(single.z[0], together.z[i], atol=1e-5)
+    assert_same_results(single, jax.tree_util.tree_map(lambda a: a[i:i + 1], together))
 
 
 def test_target_already_met_takes_no_step():
@@ -186,26 +187,48 @@ def test_prob_objective_saturates_where_logit_reaches_the_target():
   np.testing.assert_array_equal(logit.steps, 33)
 
 
-def test_optax_optimizer():
+def test_optax_optimizer_by_instance_name_and_factory():
   decode, classify = mlp_models()
-  z = latents(5)
-  result = cfajax.counterfactual_attack(
-      decode, classify, z, 2, threshold=0.8, optimizer=optax.adam(0.05), max_steps=500)
-  assert np.all(result.success)
-  assert np.all(result.final_prob >= 0.8)
-  with pytest.raises(ValueError, match="step_size applies to plain gradient ascent"):
+  options = dict(threshold=0.8, max_steps=500, precision="float64")
+  with enable_x64():
+    z = np.asarray(latents(5), np.float64)
+    ready = cfajax.counterfactual_attack(decode, classify, z, 2, optimizer=optax.adam(0.05),
+                                         **options)
+    named = cfajax.counterfactual_attack(decode, classify, z, 2, optimizer="adam",
+                                         step_size=0.05, **options)
+    factory = cfajax.counterfactual_attack(decode, classify, z, 2, optimizer=optax.adam,
+                                           step_size=0.05, **options)
+  assert np.all(ready.success) and np.all(ready.final_prob >= 0.8)
+  # The same Adam, its learning rate compiled in or traced.
+  assert_same_results(named, ready)
+  assert_same_results(factory, ready)
+
+
+def test_optimizer_errors_are_named():
+  decode, classify = mlp_models()
+  z = latents(2)
+  with pytest.raises(ValueError, match="a ready optax transformation has its own learning rate"):
     cfajax.counterfactual_attack(decode, classify, z, 2, step_size=0.1, optimizer=optax.adam(0.1))
+  with pytest.raises(ValueError, match="'adamm' is not an optax optimizer"):
+    cfajax.counterfactual_attack(decode, classify, z, 2, optimizer="adamm")
+  with pytest.raises(ValueError, match="does not take a learning rate"):
+    cfajax.counterfactual_attack(decode, classify, z, 2, optimizer="chain")
+  with pytest.raises(ValueError, match="optimizer must be None"):
+    cfajax.counterfactual_attack(decode, classify, z, 2, optimizer=0.1)
 
 
-def test_second_call_with_new_values_does_not_compile_again():
-  decode, classify = mlp_models()
-  options = dict(step_size=0.3, max_steps=50)
-  cfajax.counterfactual_attack(decode, classify, latents(8, seed=1), 0, threshold=0.6, **options)
-  compiled = _scheduler._advance_sharded._cache_size()
-  cfajax.counterfactual_attack(
-      decode, classify, latents(8, seed=2), np.arange(8) % 3, threshold=0.7, step_size=0.2,
-      max_steps=60)
-  assert _scheduler._advance_sharded._cache_size() == compiled
+def test_a_sweep_over_numeric_options_compiles_once():
+  # Threshold, step size (plain ascent's or a named optimizer's learning rate)
+  # and max_steps are traced: a sweep reuses one program per optimizer.
+  decode, classify = mlp_models(seed=5)
+  z = latents(8, seed=3)
+  for optimizer in (None, "adam"):
+    sizes = []
+    for i, lr in enumerate((0.3, 0.1, 0.05, 0.01)):
+      cfajax.counterfactual_attack(decode, classify, z, 1, optimizer=optimizer, step_size=lr,
+                                   threshold=0.6 + 0.05 * i, max_steps=20 + i)
+      sizes.append(_scheduler._advance_sharded._cache_size())
+    assert sizes[1:] == sizes[:1] * 3, (optimizer, sizes)
 
 
 class _TinyDecoder(nnx.Module):
@@ -275,3 +298,78 @@ def test_bad_models_and_options_are_named():
     cfajax.counterfactual_attack(decode, classify, z, 0, objective="margin")
   with pytest.raises(ValueError, match="max_steps"):
     cfajax.counterfactual_attack(decode, classify, z, 0, max_steps=-1)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("threshold", "0.5", "threshold must be a number; got str '0.5'"),
+    ("threshold", 1.5, r"threshold must be in \(0, 1\); got 1.5"),
+    ("step_size", True, "step_size must be a number; got bool"),
+    ("step_size", float("nan"), "step_size must be a finite number > 0"),
+    ("max_steps", 2**40, r"max_steps must be an integer in \[0, 2147483647\]"),
+    ("max_steps", 2.5, "max_steps must be an integer; got 2.5"),
+    ("batch_size", None, "batch_size must be an integer; got NoneType None"),
+    ("batch_size", 0, r"batch_size must be an integer in \[1, "),
+    ("grad_tol", -1.0, "grad_tol must be a finite number >= 0"),
+    ("schedule", "dynamic", "schedule must be one of 'continuous', 'static'"),
+    ("precision", "float16", "precision must be one of"),
+])
+def test_wrong_option_types_and_ranges_name_the_option(option, value, match):
+  decode, classify = mlp_models()
+  with pytest.raises(ValueError, match=match):
+    cfajax.counterfactual_attack(decode, classify, latents(2), 0, **{option: value})
+
+
+@pytest.mark.parametrize("schedule", ["continuous", "static"])
+def test_no_latents_give_an_empty_result(schedule):
+  decode, classify = mlp_models()
+  result, stats = cfajax.counterfactual_attack(
+      decode, classify, np.zeros((0, D), np.float32), 1, schedule=schedule, return_stats=True)
+  assert len(result) == 0 and result.z.shape == (0, D) and result.z.dtype == np.float32
+  assert result.steps.shape == result.status.shape == result.final_prob.shape == (0,)
+  assert stats["loop_iterations"] == []
+  # The models are still checked against the latent size.
+  with pytest.raises(ValueError, match="decode failed"):
+    cfajax.counterfactual_attack(decode, classify, np.zeros((0, D + 1), np.float32), 1,
+                                 schedule=schedule)
+
+
+class _MLP(nnx.Module):
+  """mlp_models' classifier with its weights as nnx parameters."""
+
+  def __init__(self, seed=0):
+    rng = np.random.default_rng(seed)
+    self.c1 = nnx.Param(jnp.asarray(rng.normal(size=(H * W, 8)), jnp.float32))
+    self.c2 = nnx.Param(jnp.asarray(rng.normal(size=(8, 3)), jnp.float32))
+
+  def __call__(self, x):
+    return jnp.tanh((x.reshape(x.shape[0], -1) - 0.5) @ self.c1[...] * 4) @ self.c2[...]
+
+
+def test_bfloat16_runs_the_models_arithmetic_in_bfloat16():
+  decode, _ = mlp_models()
+  decode_params = _TinyDecoder(nnx.Rngs(0))
+  classify = _MLP()
+  z = latents(64, seed=6)
+  options = dict(threshold=0.8, step_size=0.5, max_steps=200)
+  full = cfajax.counterfactual_attack(decode_params.decode, classify, z, 1, **options)
+  half = cfajax.counterfactual_attack(decode_params.decode, classify, z, 1, precision="bfloat16",
+                                      **options)
+  assert half.z.dtype == np.float32
+  # bf16 keeps 8 significant bits: the first probabilities move by up to a few
+  # 1e-3 (never 0: float32 would agree to ~1e-7), and the stop decisions agree.
+  difference = np.abs(np.asarray(half.initial_prob) - np.asarray(full.initial_prob))
+  assert 1e-5 < difference.max() < 2e-2
+  assert np.mean(np.asarray(half.success) == np.asarray(full.success)) >= 0.95
+  # The compiled step multiplies bf16 operands.
+  config = cfajax._loop.AttackConfig(precision="bfloat16")
+  hyper = cfajax._attack.make_hyper(0.8, 0.5, 200, 0.0, np.float32)
+  pure = [cfajax._loop.cast_model(cfajax._callables.as_pure_callable(m), "bfloat16")
+          for m in (decode_params.decode, classify)]
+  states = jax.vmap(cfajax._loop.init_state, in_axes=(None, None, 0, 0))(
+      config, hyper, z, jnp.ones(64, jnp.int32))
+  jaxpr = jax.make_jaxpr(cfajax._loop.attack_step, static_argnums=2)(*pure, config, hyper, states)
+  text = str(jaxpr)
+  assert "bf16[" in text and "dot_general" in text
+  # A plain function's arrays are constants that no cast reaches: say so.
+  with pytest.warns(UserWarning, match="decode closes over 208 floating-point values"):
+    cfajax.counterfactual_attack(decode, classify, z, 1, precision="bfloat16", **options)
