@@ -2,16 +2,21 @@
 
 A checkpoint is a folder:
 
-    <path>/cfajax.json   {"format": "cfajax-model", "format_version": 1,
+    <path>/cfajax.json   {"format": "cfajax-model", "format_version": 2,
                           "kind": "vae" | "classifier", "config": {...},
-                          "metrics": ... (optional), "cfajax_version": ...}
+                          "metrics": ... (optional), "cfajax_version": ...,
+                          "files": {"state/...": {"size", "sha256"}, ...},
+                          "weights_sha256": ...}
     <path>/state/        the model's `nnx.Param` values, written by orbax
 
 `load_model(path)` needs nothing but the path: it rebuilds the architecture
 from the JSON config and restores the weights as host (numpy) arrays, so a
-checkpoint written on a GPU or TPU restores on a CPU-only machine. Saves are
-atomic: everything is written to a temporary folder beside `path` that is
-renamed into place only when complete.
+checkpoint written on a GPU or TPU restores on a CPU-only machine. It loads
+nothing it cannot verify: every stored file must match the size and SHA-256
+recorded when it was written, and the restored weights the digest of the
+weights that were saved (`_hashing.digest_tree`). Saves are atomic: everything
+is written to a temporary folder beside `path` that is renamed into place
+only when complete.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +33,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cfajax import _hashing
 from cfajax._models import build_model
 from cfajax._models import model_kind
 
 FORMAT = "cfajax-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 records checksums; 1 (no checksums) still loads, with a warning
 META_FILE = "cfajax.json"
 STATE_DIR = "state"
 
@@ -84,7 +91,7 @@ def save_model(path, model: nnx.Module, *, metrics: Any = None) -> Path:
   meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
           "config": model.config.to_dict(), "metrics": metrics,
           "cfajax_version": _version()}
-  text = json.dumps(meta, indent=2, default=_json_default)  # fail before writing anything
+  json.dumps(meta, default=_json_default)  # fail before writing anything
   weights = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +102,10 @@ def save_model(path, model: nnx.Module, *, metrics: Any = None) -> Path:
       checkpointer.save(tmp / STATE_DIR, args=ocp.args.PyTreeSave(_string_keys(weights)))
     finally:
       checkpointer.close()
-    (tmp / META_FILE).write_text(text)
+    meta["files"] = {f"{STATE_DIR}/{name}": entry
+                     for name, entry in _hashing.digest_folder(tmp / STATE_DIR).items()}
+    meta["weights_sha256"] = _hashing.digest_tree(weights)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
     _replace_dir(tmp, path)
   finally:
     if tmp.exists():
@@ -145,13 +155,44 @@ def read_checkpoint_info(path) -> dict[str, Any]:
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise ValueError(f"{meta_path} is not a cfajax model checkpoint (expected "
                      f"\"format\": \"{FORMAT}\")")
-  if meta.get("format_version") != FORMAT_VERSION:
+  if meta.get("format_version") not in (1, FORMAT_VERSION):
     raise ValueError(f"{meta_path} has format_version {meta.get('format_version')}; this "
-                     f"cfajax reads version {FORMAT_VERSION}")
-  for key in ("kind", "config"):
+                     f"cfajax reads versions 1 and {FORMAT_VERSION}")
+  required = ("kind", "config") + (("files", "weights_sha256")
+                                   if meta["format_version"] >= 2 else ())
+  for key in required:
     if key not in meta:
       raise ValueError(f"{meta_path} is corrupt: no {key!r} entry")
   return meta
+
+
+def verify_files(path, meta: dict[str, Any]) -> None:
+  """Checks every file of a checkpoint against the sizes and digests in its JSON.
+
+  Raises:
+    FileNotFoundError: a recorded file is missing.
+    ValueError: a file differs from what was written, or a file is there
+      that the checkpoint did not write.
+  """
+  path = Path(path)
+  recorded = meta["files"]
+  if not isinstance(recorded, dict):
+    raise ValueError(f"{path / META_FILE} is corrupt: 'files' is not a mapping")
+  present = {f"{STATE_DIR}/{name}" for name in _hashing.digest_folder_names(path / STATE_DIR)}
+  unexpected = sorted(present - set(recorded))
+  if unexpected:
+    raise ValueError(f"{path} holds {unexpected[0]}, which this checkpoint did not write "
+                     f"({len(unexpected)} such file(s)): it was changed after saving")
+  for name, entry in sorted(recorded.items()):
+    file = path / name
+    if not file.is_file():
+      raise FileNotFoundError(f"{path} is incomplete: {name} is missing")
+    size, digest = file.stat().st_size, _hashing.digest_file(file)
+    if size != entry.get("size") or digest != entry.get("sha256"):
+      raise ValueError(
+          f"{file} does not match the checksum recorded when the checkpoint was saved "
+          f"({entry.get('size')} bytes, sha256 {str(entry.get('sha256'))[:12]}...; found "
+          f"{size} bytes, sha256 {digest[:12]}...): the file is damaged or was changed")
 
 
 def load_model(path) -> nnx.Module:
@@ -180,6 +221,11 @@ def load_model(path) -> nnx.Module:
   if not state_dir.is_dir():
     raise FileNotFoundError(f"{path} is an incomplete checkpoint: {STATE_DIR}/ (the weights) "
                             "is missing")
+  if meta["format_version"] >= 2:
+    verify_files(path, meta)  # before orbax reads a byte
+  else:
+    warnings.warn(f"{path} was written before checkpoints carried checksums; its weights "
+                  "cannot be verified (save it again to add them)", stacklevel=2)
   restore_args = jax.tree_util.tree_map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _string_keys(template))
   checkpointer = ocp.PyTreeCheckpointer()
@@ -192,9 +238,23 @@ def load_model(path) -> nnx.Module:
   finally:
     checkpointer.close()
   weights = _original_keys(template, restored)
+  if meta["format_version"] >= 2 and _hashing.digest_tree(weights) != meta["weights_sha256"]:
+    raise ValueError(f"the weights restored from {state_dir} differ from those that were "
+                     "saved (weights_sha256 does not match): the checkpoint is damaged")
   nnx.replace_by_pure_dict(state, weights)
   nnx.update(model, state)
   return model
+
+
+def weights_digest(model) -> str:
+  """SHA-256 of a model's weights: an nnx module's `nnx.Param`s, or any pytree's leaves.
+
+  For a `ConvVAE` or `Classifier` it equals the `weights_sha256` its
+  checkpoint records, whatever device holds the weights.
+  """
+  if isinstance(model, nnx.Module):
+    return _hashing.digest_tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return _hashing.digest_tree(model)
 
 
 def _json_default(value):
