@@ -41,6 +41,15 @@ MNIST_FILES = {
 }
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
 CELEBA_ATTR_FILE = "list_attr_celeba.txt"
+# The 40 attributes of `list_attr_celeba.txt`, in its column order.
+CELEBA_ATTRIBUTE_NAMES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes",
+    "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young")
 CELEBA_PARTITION_FILE = "list_eval_partition.txt"
 # Side of the central square kept from an aligned CelebA face, as a fraction of
 # the image width: 148 of 178 pixels at full size (74 of 89 at half size), the
@@ -382,7 +391,9 @@ def read_celeba_attributes(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...
   if not np.all(positive | negative):
     row = int(np.flatnonzero(~np.all(positive | negative, axis=1))[0])
     raise ValueError(f"{path}: line {row + 3}: attribute values must be +1 or -1")
-  return _celeba_numbers(table[:, 0], path), positive.astype(np.uint8), names
+  numbers = _celeba_numbers(table[:, 0], path)
+  _check_unique(numbers, path)
+  return numbers, positive.astype(np.uint8), names
 
 
 def read_celeba_partition(path) -> tuple[np.ndarray, np.ndarray]:
@@ -396,7 +407,20 @@ def read_celeba_partition(path) -> tuple[np.ndarray, np.ndarray]:
   tokens = np.array(" ".join(_read_text(path)).split())
   if tokens.size % 2 or not np.all(np.isin(tokens[1::2], ("0", "1", "2"))):
     raise ValueError(f"{path}: expected lines of '<file name> <0|1|2>'")
-  return _celeba_numbers(tokens[0::2], path), tokens[1::2].astype(np.int8)
+  numbers = _celeba_numbers(tokens[0::2], path)
+  _check_unique(numbers, path, first_row_line=1)
+  return numbers, tokens[1::2].astype(np.int8)
+
+
+def _check_unique(numbers: np.ndarray, path: Path, first_row_line: int = 3) -> None:
+  """Raises if an image is listed twice: which row holds the truth is unknowable."""
+  order = np.argsort(numbers, kind="stable")
+  repeated = np.flatnonzero(np.diff(numbers[order]) == 0)
+  if repeated.size:
+    first, again = order[repeated[0]], order[repeated[0] + 1]
+    raise ValueError(
+        f"{path}: image {numbers[again]:06d} is listed twice (lines {first + first_row_line} "
+        f"and {again + first_row_line}); each image must have one row")
 
 
 def _celeba_numbers(file_names: np.ndarray, path: Path) -> np.ndarray:

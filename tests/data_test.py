@@ -199,6 +199,21 @@ def test_celeba_malformed_attribute_file(tmp_path):
     cfajax.load_celeba(root, cache_dir=False, progress=False)
 
 
+def test_celeba_image_listed_twice_is_refused(tmp_path):
+  # A duplicated, conflicting row used to give 21 faces from 20 images.
+  root = fake_celeba(tmp_path, present=[1, 2, 3], compress_attr=False)
+  attr = root / "list_attr_celeba.txt"
+  lines = attr.read_text().splitlines()
+  lines.insert(4, "000001.jpg -1  1 -1")  # image 1 again, with other attributes
+  attr.write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError, match=r"image 000001 is listed twice \(lines 3 and 5\)"):
+    cfajax.load_celeba(root, "all", 16, cache_dir=False, progress=False)
+  attr.write_text("\n".join(lines[:4] + lines[5:]) + "\n")
+  write(root / "list_eval_partition.txt", b"000001.jpg 0\n000002.jpg 0\n000002.jpg 1\n", True)
+  with pytest.raises(ValueError, match=r"image 000002 is listed twice \(lines 2 and 3\)"):
+    cfajax.load_celeba(root, "all", 16, cache_dir=False, progress=False)
+
+
 def test_celeba_cache_is_reused(tmp_path, monkeypatch):
   root = fake_celeba(tmp_path / "celeba", present=[1, 2, 5])
   cache = tmp_path / "cache"
