@@ -3,7 +3,8 @@
 The whole public API:
 
 The dataset-wide explanation (the main job; also `cfajax explain`)
-  explain(config=None, **options) -> summary dict; writes results to config.out
+  explain(config=None, *, restart=False, **options) -> summary dict; writes results
+                                    to config.out, resumable (see the README's "Resuming")
   ExplainConfig                     every option of a run, with defaults
   select_probe_attributes(names, attributes, explained, *, exclude, max_correlation)
     -> (kept columns, {left out: why})   no probes for near-duplicates of the target
@@ -29,7 +30,7 @@ Training and evaluation
 
 Checkpoints (orbax weights + JSON config)
   save_model(path, model, metrics=None) -> Path
-  load_model(path) -> ConvVAE | Classifier
+  load_model(path) -> ConvVAE | Classifier   verified against the checksums it records
   read_checkpoint_info(path) -> dict
 
 Data (float32 NHWC images in [0, 1])

@@ -10,6 +10,7 @@ import sys
 from cfajax._recipes import CELEBA_DEFAULT_ATTRIBUTES
 from cfajax._recipes import CELEBA_HOLDOUT
 from cfajax._recipes import RECIPES
+from cfajax._recipes import TRAIN_PARTS
 
 EXPLAIN_HELP = {
     "dataset": "digits (embedded, no download), mnist or celeba",
@@ -61,6 +62,9 @@ def _add_explain_parser(commands) -> None:
       default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
       parser.add_argument(flag, type=_parse_value(kind), default=field.default,
                           help=f"{help_text} (default: {default})".strip())
+  parser.add_argument("--restart", action="store_true",
+                      help="discard the results already in --out (and the models trained "
+                      "there, if an option they were trained with changed) and start over")
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -68,7 +72,13 @@ def _run_explain(args) -> int:
   from cfajax._explain import ExplainConfig
   from cfajax._explain import explain
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExplainConfig)}
-  summary = explain(ExplainConfig(**values), progress=not args.no_progress)
+  try:
+    summary = explain(ExplainConfig(**values), progress=not args.no_progress,
+                      restart=args.restart)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    # The library's errors say what was expected; a traceback adds nothing.
+    print(f"cfajax explain: error: {e}", file=sys.stderr)
+    return 2
   psi = summary["global_attributions"]
   print(f"\n{summary['task']} on {summary['dataset']}: {summary['num_examples']} examples, "
         f"flip rate {summary['flip_rate']:.1%}, median steps {summary['steps'].get('median')}")
@@ -101,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- cfajax train -------------------------------------------------------------
 
-_TRAIN_PARTS = ("all", "first-half", "second-half")
-
 
 def _add_train_parser(commands) -> None:
   """Adds `cfajax train vae|classifier` to the subcommands."""
@@ -131,7 +139,7 @@ def _add_train_parser(commands) -> None:
   train.add_argument("--oracle", action="store_true",
                      help="train the independent oracle classifier: another architecture and "
                      "seed, on the second half of the training split")
-  train.add_argument("--train-part", choices=_TRAIN_PARTS,
+  train.add_argument("--train-part", choices=TRAIN_PARTS,
                      help="which part of the training split to learn from; default all for a "
                      "VAE, first-half for a classifier, second-half for an oracle")
   train.add_argument("--image-size", type=int, default=64, help="CelebA side (default 64)")
@@ -145,14 +153,6 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
   return None if text is None else tuple(int(w) for w in text.split(",") if w.strip())
 
 
-def _train_part(dataset, part: str):
-  if part == "all":
-    return dataset
-  half = len(dataset) // 2
-  rows = slice(0, half) if part == "first-half" else slice(half, None)
-  return dataset.subset(rows, f"{dataset.name} [{part}]")
-
-
 def _print_epoch(record: dict) -> None:
   keys = [k for k in record if k not in ("epoch", "seconds")]
   values = "  ".join(f"{k}={record[k]:.4f}" for k in keys)
@@ -164,49 +164,31 @@ def _run_train(args) -> int:
   import time
 
   from cfajax import _checkpoint
-  from cfajax import _models
   from cfajax import _recipes
-  from cfajax import _train
 
-  recipe = _recipes.recipe(args.dataset)
   if args.oracle and args.model != "classifier":
     raise SystemExit("--oracle applies to `cfajax train classifier`")
-  seed = args.seed if args.seed is not None else (1 if args.oracle else 0)
-  part = args.train_part or (
-      "all" if args.model == "vae" else "second-half" if args.oracle else "first-half")
-  epochs = args.epochs or (recipe.vae_epochs if args.model == "vae" else recipe.classifier_epochs)
-  batch_size = args.batch_size or recipe.batch_size
-
+  attributes = None if args.attributes is None else tuple(
+      a.strip() for a in args.attributes.split(",") if a.strip())
+  if attributes and args.dataset != "celeba":
+    raise SystemExit(f"--attributes apply to CelebA; {args.dataset} has class labels")
   train, test = _recipes.load_train_test(args.dataset, args.data_dir, image_size=args.image_size,
                                          holdout=args.holdout, progress=not args.no_progress)
-  train = _train_part(train, part)
-  print(f"training {'an oracle' if args.oracle else 'a'} {args.model} on {len(train)} examples "
-        f"({part} of the training split), evaluating on {len(test)}; seed {seed}")
-  options = dict(epochs=epochs, batch_size=batch_size, learning_rate=args.lr,
-                 weight_decay=args.weight_decay, seed=seed, progress=not args.no_progress,
-                 on_epoch=_print_epoch)
+  part = args.train_part or _recipes.default_train_part(args.model, args.oracle)
+  seed = args.seed if args.seed is not None else (1 if args.oracle else 0)
+  print(f"training {'an oracle' if args.oracle else 'a'} {args.model} on {part} of the "
+        f"training split, evaluating on {len(test)} examples; seed {seed}")
   start = time.perf_counter()
-  if args.model == "vae":
-    config = _recipes.vae_config(args.dataset, train.image_shape, latent_dim=args.latent_dim,
-                                 widths=_int_list(args.widths), beta=args.beta)
-    model, history = _train.train_vae(_models.build_model("vae", config, seed), train, test,
-                                      **options)
-  else:
-    attributes = None if args.attributes is None else tuple(
-        a.strip() for a in args.attributes.split(",") if a.strip())
-    try:
-      config = _recipes.classifier_config(
-          args.dataset, train.image_shape, attributes=attributes, oracle=args.oracle,
-          widths=_int_list(args.widths), depth=args.depth, dense_width=args.dense_width)
-    except ValueError as e:
-      raise SystemExit(str(e)) from e
-    model, history = _train.train_classifier(
-        _models.build_model("classifier", config, seed), train, test, **options)
+  model, history, info = _recipes.train_model(
+      args.model, args.dataset, train, test, oracle=args.oracle, part=part, seed=seed,
+      epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+      weight_decay=args.weight_decay, latent_dim=args.latent_dim, beta=args.beta,
+      widths=_int_list(args.widths), depth=args.depth, dense_width=args.dense_width,
+      attributes=attributes, progress=not args.no_progress, on_epoch=_print_epoch)
   seconds = time.perf_counter() - start
 
-  record = {"history": history, "dataset": args.dataset, "train": train.name,
-            "train_examples": len(train), "test": test.name, "test_examples": len(test),
-            "train_part": part, "oracle": args.oracle, "seed": seed, "seconds": seconds,
+  record = {"history": history, "dataset": args.dataset, **info, "test": test.name,
+            "test_examples": len(test), "oracle": args.oracle, "seconds": seconds,
             "argv": sys.argv[1:]}
   path = _checkpoint.save_model(args.out, model, metrics=record)
   final = {k: round(v, 4) for k, v in history[-1].items() if k.startswith("test_")}

@@ -30,43 +30,73 @@ def _show(ax, image: np.ndarray) -> None:
 
 
 def counterfactual_grid(path, originals, reconstructions, counterfactuals, original_prob,
-                        counterfactual_prob, success, *, count=8, seed=0, title=""):
+                        counterfactual_prob, status, *, count=8, seed=0, title=""):
   """Saves a grid: originals, their reconstructions G(z), counterfactuals G(z'), and G(z') - G(z).
+
+  Columns are drawn from the attacks that reached their target; only when
+  there are fewer of those than `count` are failed attacks shown, labelled in
+  red with why they stopped, and never as counterfactuals.
 
   Args:
     path: the PNG to write.
     originals, reconstructions, counterfactuals: (n, H, W, C) in [0, 1].
     original_prob, counterfactual_prob: (n,) positive-class probability of the
       original image and of the counterfactual.
-    success: (n,) bool; examples are drawn from the successful ones first.
+    status: (n,) `cfajax.Status` codes of the attacks.
     count: columns shown.
     seed: which examples are drawn.
+
+  Returns:
+    `[(index, label)]` of the columns shown; label "" for a counterfactual,
+    else the failed attack's status name.
   """
+  from cfajax._loop import Status
   plt = _pyplot()
+  status = np.asarray(status)
+  success = status == Status.REACHED
   rng = np.random.default_rng(seed)
-  chosen = np.flatnonzero(success)
-  if chosen.size < count:
-    chosen = np.concatenate([chosen, np.flatnonzero(~success)])
-  chosen = np.sort(rng.choice(chosen, size=min(count, chosen.size), replace=False))
+  reached, failed = np.flatnonzero(success), np.flatnonzero(~success)
+  chosen = reached[rng.permutation(reached.size)[:count]]
+  chosen = np.sort(np.concatenate([chosen, failed[rng.permutation(failed.size)[:count - chosen.size]]]))
+  columns = [(int(i), "" if success[i] else Status(int(status[i])).name) for i in chosen]
+  columns_shown = max(1, len(columns))
   difference = (counterfactuals - reconstructions).mean(axis=-1)
-  scale = max(1e-6, float(np.abs(difference[chosen]).max()))
+  finite = [i for i in chosen if success[i] and np.all(np.isfinite(difference[i]))]
+  scale = max(1e-6, float(np.abs(difference[finite]).max())) if finite else 1.0
   rows = ("original x", "G(z)", "counterfactual G(z')", "G(z') - G(z)")
-  fig, axes = plt.subplots(4, len(chosen), figsize=(1.4 * len(chosen) + 1.2, 6.2), squeeze=False)
-  for column, i in enumerate(chosen):
+  fig, axes = plt.subplots(4, columns_shown, figsize=(1.4 * columns_shown + 2.2, 6.2),
+                           squeeze=False)
+  image = None
+  for column, (i, failure) in enumerate(columns):
     _show(axes[0, column], originals[i])
     axes[0, column].set_title(f"p={original_prob[i]:.2f}", fontsize=8)
     _show(axes[1, column], reconstructions[i])
+    for row in (2, 3):
+      axes[row, column].set_xticks([])
+      axes[row, column].set_yticks([])
+    if failure:
+      # No counterfactual: say why, and show nothing that could pass for one.
+      for row in (2, 3):
+        axes[row, column].set_facecolor("#f4f4f4")
+      axes[2, column].set_title(f"not reached\n{failure}", fontsize=7, color="#b2182b")
+      continue
     _show(axes[2, column], counterfactuals[i])
     axes[2, column].set_title(f"p'={counterfactual_prob[i]:.2f}", fontsize=8)
-    axes[3, column].imshow(difference[i], cmap="RdBu_r", vmin=-scale, vmax=scale)
-    axes[3, column].set_xticks([])
-    axes[3, column].set_yticks([])
+    image = axes[3, column].imshow(difference[i], cmap="RdBu_r", vmin=-scale, vmax=scale)
   for row, label in enumerate(rows):
     axes[row, 0].set_ylabel(label, fontsize=8)
-  fig.suptitle(f"{title}\np: probability of the positive class; red: brighter in G(z')",
+  if image is not None:
+    bar = fig.colorbar(image, ax=list(axes[3]), fraction=0.04, pad=0.02)
+    bar.set_label("G(z') - G(z)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+  failed_shown = sum(1 for _, failure in columns if failure)
+  note = (f"; {failed_shown} failed attack(s) shown, marked 'not reached'"
+          if failed_shown else "")
+  fig.suptitle(f"{title}\np: probability of the positive class; red: brighter in G(z')" + note,
                fontsize=9)
   _save(fig, path)
   plt.close(fig)
+  return columns
 
 
 def global_attribution_bars(path, attributions, *, top=12, title=""):

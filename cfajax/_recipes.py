@@ -1,7 +1,8 @@
 """Per-dataset recipes: the splits, architectures and training lengths cfajax uses.
 
-`cfajax train` and `cfajax explain` both build their models from these, so a
-model trained by one is the model the other would have trained.
+`cfajax train` and `cfajax explain` both train their models through
+`train_model`, so a model trained by one is, bit for bit, the model the other
+would have trained with the same options.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import dataclasses
 
 from cfajax import _data
 from cfajax import _models
+from cfajax import _train
 
 CELEBA_DEFAULT_ATTRIBUTES = ("Young", "Attractive", "Male", "Smiling")
 CELEBA_HOLDOUT = 1000
+TRAIN_PARTS = ("all", "first-half", "second-half")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,3 +121,76 @@ def classifier_config(dataset: str, image_shape, *, attributes=None, oracle: boo
       widths=tuple(widths or (r.oracle_widths if oracle else r.classifier_widths)),
       depth=depth or (2 if oracle else 1), dense_width=dense_width or (256 if oracle else 128),
       **head)
+
+
+def image_shape(dataset: str, image_size: int = 64) -> tuple[int, int, int]:
+  """The (H, W, C) of a dataset's images as cfajax loads them."""
+  recipe(dataset)
+  return {"digits": (8, 8, 1), "mnist": (28, 28, 1)}.get(dataset, (image_size, image_size, 3))
+
+
+def default_train_part(kind: str, oracle: bool = False) -> str:
+  """A VAE learns from all of the training split, a classifier from its first
+  half and the oracle from its second half, so the oracle never saw the
+  classifier's examples."""
+  if kind == "vae":
+    return "all"
+  return "second-half" if oracle else "first-half"
+
+
+def train_part(dataset: _data.ImageDataset, part: str) -> _data.ImageDataset:
+  """All of `dataset`, or its first or second half."""
+  if part not in TRAIN_PARTS:
+    raise ValueError(f"part must be one of {TRAIN_PARTS}; got {part!r}")
+  if part == "all":
+    return dataset
+  half = len(dataset) // 2
+  rows = slice(0, half) if part == "first-half" else slice(half, None)
+  return dataset.subset(rows, f"{dataset.name} [{part}]")
+
+
+def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
+                part: str | None = None, seed: int | None = None, epochs: int | None = None,
+                batch_size: int | None = None, learning_rate: float = 1e-3,
+                weight_decay: float = 0.0, latent_dim=None, beta=None, widths=None,
+                depth=None, dense_width=None, attributes=None, progress: bool = True,
+                on_epoch=None):
+  """Builds and trains a model by the dataset's recipe; any option overrides it.
+
+  Args:
+    kind: "vae" or "classifier".
+    dataset: the recipe's dataset name.
+    train, test: the whole training split and the held-out set.
+    oracle: the independent oracle classifier (another architecture; seed 1
+      and the second half of the training split by default).
+    part: which part of `train` to learn from (`default_train_part`).
+    seed: initialises the weights and orders the batches (default 0, or 1
+      for the oracle).
+    epochs, batch_size: default the recipe's.
+    others: as in `train_vae`/`train_classifier`, `vae_config` and
+      `classifier_config`.
+
+  Returns:
+    `(model, history, info)`, info holding the part, seed and examples used.
+  """
+  r = recipe(dataset)
+  if oracle and kind != "classifier":
+    raise ValueError("oracle applies to classifiers")
+  seed = (1 if oracle else 0) if seed is None else seed
+  part = part or default_train_part(kind, oracle)
+  data = train_part(train, part)
+  options = dict(epochs=epochs or (r.vae_epochs if kind == "vae" else r.classifier_epochs),
+                 batch_size=batch_size or r.batch_size, learning_rate=learning_rate,
+                 weight_decay=weight_decay, seed=seed, progress=progress, on_epoch=on_epoch)
+  if kind == "vae":
+    config = vae_config(dataset, data.image_shape, latent_dim=latent_dim, widths=widths, beta=beta)
+    model, history = _train.train_vae(_models.build_model("vae", config, seed), data, test,
+                                      **options)
+  else:
+    config = classifier_config(dataset, data.image_shape, attributes=attributes, oracle=oracle,
+                               widths=widths, depth=depth, dense_width=dense_width)
+    model, history = _train.train_classifier(
+        _models.build_model("classifier", config, seed), data, test, **options)
+  info = {"train": data.name, "train_examples": len(data), "train_part": part, "seed": seed,
+          "epochs": options["epochs"], "batch_size": options["batch_size"]}
+  return model, history, info

@@ -1,7 +1,9 @@
 """The dataset-wide pipeline: outputs, resuming after SIGKILL, several processes."""
 
+import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,25 +64,42 @@ def test_outputs(small_run):
   assert set(summary["timings_s"]) >= {"models", "probes", "attack", "attributions"}
 
 
-def test_config_mismatch_is_refused(small_run):
-  config, _ = small_run
-  with pytest.raises(ValueError, match="another configuration"):
-    cfajax.explain(config, progress=False, log=None, max_steps=61)
+def test_a_change_of_result_options_is_refused_naming_them(small_run, tmp_path):
+  config = config_like(small_run, tmp_path / "run", chunk_size=16)
+  cfajax.explain(config, progress=False, log=None)
+  with pytest.raises(ValueError, match=r"other options that change its results \(threshold: "
+                     r"0.5 -> 0.9; max_steps: 200 -> 61\)"):
+    cfajax.explain(config, progress=False, log=None, max_steps=61, threshold=0.9)
+  restarted = cfajax.explain(config, progress=False, log=None, max_steps=61, restart=True)
+  assert restarted["num_resumed"] == 0 and restarted["config"]["max_steps"] == 61
+  # The models came from elsewhere (vae=, classifier=): a restart keeps them.
+  assert os.path.exists(config.vae)
+
+
+def test_options_that_change_no_result_do_not_block_a_resume(small_run, tmp_path):
+  config = config_like(small_run, tmp_path / "run", chunk_size=16)
+  first = cfajax.explain(config, progress=False, log=None)
+  messages = []
+  again = cfajax.explain(config, progress=False, log=messages.append, num_bootstrap=50,
+                         num_figure_examples=3, pool_size=8, probe_c=0.5,
+                         data_dir=str(tmp_path))
+  assert again["num_resumed"] == first["num_examples"]
+  assert any("change no saved result" in m and "pool_size: 32 -> 8" in m for m in messages)
 
 
 KILL_AFTER_TWO_CHUNKS = textwrap.dedent("""
     import json, os, signal, sys
     import cfajax
-    from cfajax import _explain
+    from cfajax import _explain, _runfolder
     saved = []
-    original = _explain._save_npz
+    original = _runfolder.save_npz
     def save_then_die(path, **arrays):
       original(path, **arrays)
       if "chunks" in path:
         saved.append(path)
         if len(saved) == 2:
           os.kill(os.getpid(), signal.SIGKILL)
-    _explain._save_npz = save_then_die
+    _runfolder.save_npz = save_then_die
     config = _explain.ExplainConfig.from_dict(json.loads(sys.argv[1]))
     cfajax.explain(config, progress=False, log=None)
 """)
@@ -101,8 +120,13 @@ def test_resume_after_sigkill_gives_identical_results(small_run, tmp_path):
   chunks = sorted(os.listdir(tmp_path / "killed" / "chunks"))
   assert chunks == ["attack-00000.npz", "attack-00001.npz"]
   assert not os.path.exists(tmp_path / "killed" / "summary.json")
+  # What a write killed half-way leaves; a successful rerun removes it.
+  (tmp_path / "killed" / "chunks" / "attack-00002.npz.tmp-99999").write_bytes(b"half")
+  (tmp_path / "killed" / "summary.json.tmp-99999").write_text("{")
 
   resumed = cfajax.explain(killed, progress=False, log=None)
+  leftovers = [p for p in (tmp_path / "killed").rglob("*") if ".tmp-" in p.name]
+  assert leftovers == []
   uninterrupted = cfajax.explain(whole, progress=False, log=None)
   assert resumed["num_resumed"] == 32 and uninterrupted["num_resumed"] == 0
   a = np.load(tmp_path / "killed" / "examples.npz")
@@ -187,3 +211,229 @@ def test_select_output_is_one_sigmoid_head_that_the_attack_accepts():
   assert result.z.shape == (2, 64)
   with pytest.raises(ValueError, match="not the CelebA attribute 'Smiling'"):
     cfajax.select_output(classifier, "Smiling")
+
+
+# -- resuming is right by construction -------------------------------------------
+
+
+def chunk_task(n=40, seed=0):
+  from attack_test import latents, mlp_models
+  decode, classify = mlp_models(seed=seed)
+  return decode, classify, np.asarray(latents(n, seed=seed + 1)), (np.arange(n) % 3).astype(np.int32)
+
+
+def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
+  # Latents shifted by 3 under the same options used to resume 8 of 8 chunks
+  # and return the old counterfactuals.
+  from cfajax import _explain
+  decode, classify, z, target = chunk_task()
+  config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
+                         threshold=0.8, step_size=0.5)
+  run = lambda z, target, models="m": _explain._attack_chunks(
+      config, decode, classify, z, target, models, None, messages.append)
+  messages = []
+  first, resumed = run(z, target)
+  assert resumed == 0
+  again, resumed = run(z, target)
+  assert resumed == 40
+  for name in first:
+    np.testing.assert_array_equal(again[name], first[name])
+  shifted, resumed = run(z + 3, target)
+  assert resumed == 0 and "8 from other latents or targets" in messages[-1]
+  fresh = cfajax.counterfactual_attack(decode, classify, z + 3, target, batch_size=4,
+                                       **_explain._attack_options(config))
+  np.testing.assert_array_equal(shifted["z_cf"], fresh.z)
+  _, resumed = run(z + 3, (target + 1) % 3)
+  assert resumed == 0
+  _, resumed = run(z + 3, (target + 1) % 3, models="other weights")
+  assert resumed == 0 and "8 with other model weights" in messages[-1]
+
+
+def test_copied_truncated_and_damaged_chunks_are_recomputed(tmp_path):
+  from cfajax import _explain
+  decode, classify, z, target = chunk_task(n=23)
+  config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
+                         threshold=0.8, step_size=0.5)
+  messages = []
+  run = lambda: _explain._attack_chunks(config, decode, classify, z, target, "m", None,
+                                        messages.append)
+  whole, _ = run()
+  chunks = tmp_path / "chunks"
+  # A valid chunk copied over another, the short last chunk over the first, a
+  # flipped byte in a third: each is caught and recomputed.
+  shutil.copy(chunks / "attack-00000.npz", chunks / "attack-00001.npz")
+  last = (chunks / "attack-00004.npz").read_bytes()
+  (chunks / "attack-00000.npz").write_bytes(last)
+  data = bytearray((chunks / "attack-00002.npz").read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  (chunks / "attack-00002.npz").write_bytes(bytes(data))
+  again, resumed = run()
+  assert resumed == 23 - 15
+  assert "2 for other rows" in messages[-1] and "1 damaged" in messages[-1]
+  for name in whole:
+    np.testing.assert_array_equal(again[name], whole[name])
+
+
+def test_a_checkpoint_replaced_between_runs_recomputes_every_chunk(small_run, tmp_path):
+  models = tmp_path / "models"
+  shutil.copytree(os.path.join(small_run[0].out, "models"), models)
+  config = config_like(small_run, tmp_path / "run", chunk_size=16,
+                       vae=str(models / "vae"), classifier=str(models / "classifier"))
+  first = cfajax.explain(config, progress=False, log=None)
+  # Replaced at the same path by a classifier that differs a little (as a
+  # retrained one would, but without the training time).
+  classifier = cfajax.load_model(models / "classifier")
+  classifier.logits.bias[...] = classifier.logits.bias[...] + 0.05
+  cfajax.save_model(models / "classifier", classifier)
+  messages = []
+  second = cfajax.explain(config, progress=False, log=messages.append)
+  assert second["num_resumed"] == 0
+  assert any("classifier's weights" in m and "recomputed" in m for m in messages)
+  with open(tmp_path / "run" / "run.json") as f:
+    record = json.load(f)
+  assert record["models"]["classifier"]["weights_sha256"] == \
+      second["models"]["classifier"]["weights_sha256"] != \
+      first["models"]["classifier"]["weights_sha256"]
+
+
+def test_an_unreadable_run_json_is_named(small_run, tmp_path):
+  config = config_like(small_run, tmp_path / "run", chunk_size=16)
+  cfajax.explain(config, progress=False, log=None)
+  run_json = tmp_path / "run" / "run.json"
+  run_json.write_text(run_json.read_text()[:40])
+  with pytest.raises(ValueError, match=f"{run_json} is unreadable .*--restart"):
+    cfajax.explain(config, progress=False, log=None)
+  assert cfajax.explain(config, progress=False, log=None, restart=True)["num_resumed"] == 0
+
+
+HOLD_THE_LOCK = textwrap.dedent("""
+    import sys, time
+    from cfajax import _runfolder
+    with _runfolder.FolderLock(sys.argv[1]):
+      print("locked", flush=True)
+      time.sleep(120)
+""")
+
+
+def test_a_second_writer_is_refused_until_the_first_is_gone(small_run, tmp_path):
+  config = config_like(small_run, tmp_path / "run", chunk_size=16)
+  os.makedirs(config.out)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, config.out], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=f"being written by another cfajax explain "
+                       f"\\(pid {holder.pid} on "):
+      cfajax.explain(config, progress=False, log=None)
+  finally:
+    holder.kill()  # SIGKILL: the kernel releases the lock
+    holder.wait()
+  assert cfajax.explain(config, progress=False, log=None)["num_examples"] > 0
+
+
+# -- every option is checked before any work ----------------------------------------
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("classes", (4, 12), r"classes \(4, 12\) do not exist in the classifier, which has 10"),
+    ("classes", (4,), r"classes must hold 2 integers; got \(4,\)"),
+    ("threshold", 1.5, r"threshold must be in \(0, 1\); got 1.5"),
+    ("threshold", "0.5", "threshold must be a number; got str '0.5'"),
+    ("max_steps", -1, r"max_steps must be an integer in \[0, 2147483647\]; got -1"),
+    ("max_steps", 2**40, r"max_steps must be an integer in \[0, 2147483647\]"),
+    ("pool_size", 0, r"pool_size must be an integer in \[1, "),
+    ("objective", "margin", "objective must be one of 'logit', 'prob', 'log_prob'; got str"),
+    ("probe_c", 0, "probe_c must be a finite number > 0"),
+    ("num_bootstrap", -1, r"num_bootstrap must be an integer in \[0, "),
+    ("target_attribute", "Youngish", "target_attribute must be one of CelebA's attributes"),
+    ("dataset", "cifar", "dataset must be one of 'digits', 'mnist', 'celeba'"),
+])
+def test_invalid_options_are_refused_before_any_work(tmp_path, option, value, match):
+  out = tmp_path / "never"
+  options = {option: value}
+  if option == "target_attribute":
+    options["dataset"] = "celeba"
+  with pytest.raises(ValueError, match=match):
+    cfajax.explain(out=str(out), progress=False, log=None, **options)
+  assert not out.exists()  # nothing loaded, trained or written
+
+
+def test_named_checkpoints_are_checked_before_any_work(small_run, tmp_path):
+  config = config_like(small_run, tmp_path / "never")
+  with pytest.raises(ValueError, match=r"classes \(4, 12\) do not exist in the classifier at "
+                     ".*which has 10 classes"):
+    cfajax.explain(config, progress=False, log=None, classes=(4, 12))
+  with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    cfajax.explain(config, progress=False, log=None, vae=str(tmp_path / "absent"))
+  with pytest.raises(ValueError, match=r"takes images of shape \[8, 8, 1\]; mnist images are "
+                     r"\[28, 28, 1\]"):
+    cfajax.explain(config, progress=False, log=None, dataset="mnist")
+  with pytest.raises(ValueError, match=r"unknown explain options \['max_step'\]"):
+    cfajax.explain(config, progress=False, log=None, max_step=3)
+  assert not (tmp_path / "never").exists()
+
+
+def test_the_cli_reports_a_bad_option_in_one_line(tmp_path, capsys):
+  from cfajax._cli import main
+  assert main(["explain", "--out", str(tmp_path / "x"), "--classes", "4"]) == 2
+  err = capsys.readouterr().err
+  assert err.strip() == "cfajax explain: error: classes must hold 2 integers; got (4,)"
+
+
+# -- what the outputs may not claim ----------------------------------------------------
+
+
+def test_non_finite_counterfactuals_flip_no_decision(small_run, tmp_path, monkeypatch):
+  from cfajax import _explain
+  attack = _explain.counterfactual_attack
+
+  def poisoned(*args, **kwargs):  # the first two latents of every chunk go non-finite
+    result = attack(*args, **kwargs)
+    z = np.asarray(result.z).copy()
+    z[:2] = np.nan
+    status = np.asarray(result.status).copy()
+    status[:2] = cfajax.Status.NON_FINITE
+    return dataclasses.replace(result, z=z, status=status)
+
+  monkeypatch.setattr(_explain, "counterfactual_attack", poisoned)
+  config = config_like(small_run, tmp_path / "run", chunk_size=16, num_figure_examples=8)
+  summary = cfajax.explain(config, progress=False, log=None)
+  examples = np.load(tmp_path / "run" / "examples.npz")
+  bad = examples["status"] == cfajax.Status.NON_FINITE
+  assert bad.sum() == 2 * -(-summary["num_examples"] // 16)
+  assert np.all(np.isnan(examples["counterfactual_prob"][bad]))
+  good = ~bad
+  flipped = (examples["counterfactual_prob"][good] >= 0.5) != (examples["original_prob"][good] >= 0.5)
+  assert summary["decision_flipped"] == pytest.approx(flipped.sum() / summary["num_examples"])
+  assert summary["status_counts"]["NON_FINITE"] == bad.sum()
+
+
+def test_the_figure_never_shows_a_failed_attack_as_a_counterfactual(tmp_path):
+  from cfajax import _plots
+  rng = np.random.default_rng(0)
+  images = rng.random((6, 8, 8, 1)).astype(np.float32)
+  cf = images.copy()
+  cf[1] = np.nan
+  status = np.array([0, 3, 1, 0, 0, 1])
+  prob = rng.random(6)
+  columns = _plots.counterfactual_grid(str(tmp_path / "grid.png"), images, images, cf, prob,
+                                       prob, status, count=4, seed=0)
+  assert sorted(i for i, label in columns if label == "") == [0, 3, 4]
+  assert {label for i, label in columns if label} <= {"NON_FINITE", "MAX_STEPS"}
+  assert len(columns) == 4
+  only = _plots.counterfactual_grid(str(tmp_path / "grid2.png"), images, images, cf, prob, prob,
+                                    status, count=3, seed=0)
+  assert [label for _, label in only] == ["", "", ""]
+
+
+def test_explain_trains_the_classifier_that_cfajax_train_makes(small_run, tmp_path):
+  # One recipe: the same data half and seed, so the same weights bit for bit.
+  from cfajax._cli import main
+  assert main(["train", "classifier", "--dataset", "digits", "--epochs", "15", "--widths",
+               "8,16", "--batch-size", "32", "--no-progress", "--out",
+               str(tmp_path / "classifier")]) == 0
+  by_cli = cfajax.read_checkpoint_info(tmp_path / "classifier")
+  by_explain = cfajax.read_checkpoint_info(os.path.join(small_run[0].out, "models", "classifier"))
+  assert by_cli["config"] == by_explain["config"]
+  assert by_cli["weights_sha256"] == by_explain["weights_sha256"]
