@@ -15,6 +15,10 @@ Counterfactual attack
   AttackResult, Status
   local_mesh(devices=None) -> Mesh      the device mesh the attack shards over
 
+Latent inversion (for generators without an encoder, e.g. GANs)
+  invert(decode, images, *, encode=None, latent_dim=None, features=None, starts, ...)
+    -> InversionResult: .z, .loss, .pixel_mse, .steps, .status, .start, .start_losses
+
 Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   Generator(encode, decode)
   ConvVAE(config, rngs=)            .encode .encode_stats .decode .reconstruct .loss
@@ -85,6 +89,8 @@ from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
 from cfajax._descriptors import DESCRIPTOR_NAMES
 from cfajax._descriptors import binarize_descriptors
 from cfajax._descriptors import digit_descriptors
+from cfajax._inversion import InversionResult
+from cfajax._inversion import invert
 from cfajax._loop import AttackResult
 from cfajax._loop import Status
 from cfajax._models import Classifier
@@ -115,6 +121,9 @@ __all__ = [
     "Status",
     "counterfactual_attack",
     "local_mesh",
+    # inversion
+    "InversionResult",
+    "invert",
     # models
     "Classifier",
     "ClassifierConfig",

@@ -77,22 +77,6 @@ def check_models(decode, classify, latent_dim: int, dtype) -> ModelSignature:
   return ModelSignature(latent_dim, tuple(images.shape[1:]), int(logits.shape[1]))
 
 
-def check_latents(z) -> np.ndarray:
-  """Returns `z` as a host array after checking it is a finite (n, d) float array."""
-  if not hasattr(z, "shape"):
-    z = np.asarray(z)
-  if z.ndim != 2:
-    raise ValueError(f"z must be latents of shape (n, d); got shape {tuple(z.shape)}")
-  if not jnp.issubdtype(z.dtype, jnp.floating):
-    raise ValueError(f"z must be a floating-point array; got dtype {z.dtype}")
-  host = np.asarray(z)
-  if not np.all(np.isfinite(host)):
-    bad = np.flatnonzero(~np.all(np.isfinite(host), axis=1))
-    raise ValueError(
-        f"z must be finite; {bad.size} latent(s) hold NaN or inf, first at row {bad[0]}")
-  return host
-
-
 def check_targets(target, n: int, num_logits: int) -> np.ndarray:
   """Broadcasts `target` to (n,) int32 and checks it is a valid class."""
   target = np.asarray(target)
@@ -280,7 +264,7 @@ def counterfactual_attack(
   """
   config, step_size = make_config(objective, optimizer, step_size, precision)
   _checks.choice("schedule", schedule, SCHEDULES)
-  z = check_latents(z)
+  z = _checks.latents(z)
   batch_size = _checks.integer("batch_size", batch_size, low=1)
   if schedule == "continuous":
     mesh = _scheduler.local_mesh() if mesh is None else mesh
@@ -313,10 +297,10 @@ def counterfactual_attack(
   try:
     if schedule == "static":
       result, stats = _scheduler.run_static(
-          decode, classify, z, target, hyper, config, batch_size=batch_size, progress=bar)
+          config, (decode, classify), z, target, hyper, batch_size=batch_size, progress=bar)
     else:
       result, stats = _scheduler.run_continuous(
-          decode, classify, z, target, hyper, config, batch_size=batch_size, mesh=mesh,
+          config, (decode, classify), z, target, hyper, batch_size=batch_size, mesh=mesh,
           progress=bar, segment_iterations=64 if bar is not None else None)
   finally:
     if own_bar:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import jax.numpy as jnp
 import numpy as np
 
 INT32_MAX = 2**31 - 1
@@ -62,6 +63,22 @@ def choice(name: str, value, choices) -> str:
     raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got "
                      f"{_describe(value)}")
   return value
+
+
+def latents(z, name: str = "z") -> np.ndarray:
+  """`z` as a host array after checking it is a finite (n, d) float array."""
+  if not hasattr(z, "shape"):
+    z = np.asarray(z)
+  if z.ndim != 2:
+    raise ValueError(f"{name} must be latents of shape (n, d); got shape {tuple(z.shape)}")
+  host = np.asarray(z)
+  if not jnp.issubdtype(host.dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating-point array; got dtype {host.dtype}")
+  if not np.all(np.isfinite(host)):
+    bad = np.flatnonzero(~np.all(np.isfinite(host), axis=1))
+    raise ValueError(
+        f"{name} must be finite; {bad.size} latent(s) hold NaN or inf, first at row {bad[0]}")
+  return host
 
 
 def _range(low, high, low_open, high_open) -> str:

@@ -13,8 +13,8 @@ so each row's gradient is exactly its own latent's gradient. (Taking the
 gradient outside the vmap, rather than vmapping a per-example gradient, also
 keeps the transposed convolutions out of vmap's batching rules, which
 jax 0.7 cannot apply inside `shard_map`.) `attack_step` advances a batch by
-one check-and-update; `attack_batch` runs it until every latent stops. The
-schedulers in `_scheduler.py` drive them.
+one check-and-update; the schedulers in `_scheduler.py` run it through
+`AttackConfig`'s problem methods.
 """
 
 from __future__ import annotations
@@ -65,11 +65,30 @@ class AttackConfig:
 
   def transformation(self, learning_rate: jax.Array) -> optax.GradientTransformation:
     """The optax transformation for a (traced) learning rate."""
-    if self.optimizer is None:
-      return optax.sgd(learning_rate)
-    if isinstance(self.optimizer, optax.GradientTransformation):
-      return self.optimizer
-    return self.optimizer(learning_rate)
+    return make_transformation(self.optimizer, learning_rate)
+
+  # The scheduler's problem protocol (`_scheduler.py`); models = (decode, classify).
+
+  def cast(self, models):
+    return tuple(cast_model(m, self.precision) for m in models)
+
+  def init(self, hyper: "AttackHyper", z: jax.Array, target: jax.Array) -> "LatentState":
+    return init_state(self, hyper, z, target)
+
+  def step(self, models, hyper: "AttackHyper", states: "LatentState") -> "LatentState":
+    return attack_step(*models, self, hyper, states)
+
+  def result(self, states: "LatentState") -> "AttackResult":
+    return result_from_states(states)
+
+
+def make_transformation(optimizer, learning_rate) -> optax.GradientTransformation:
+  """None (plain ascent: `optax.sgd`), a ready transformation, or a factory of a learning rate."""
+  if optimizer is None:
+    return optax.sgd(learning_rate)
+  if isinstance(optimizer, optax.GradientTransformation):
+    return optimizer
+  return optimizer(learning_rate)
 
 
 class AttackHyper(NamedTuple):
@@ -253,16 +272,6 @@ def attack_step(
   """
   prob, grad = probabilities_and_gradients(decode, classify, config, states.z, states.target)
   return jax.vmap(update_latent, in_axes=(None, None, 0, 0, 0))(config, hyper, states, prob, grad)
-
-
-def attack_batch(
-    decode: Callable, classify: Callable, config: AttackConfig, hyper: AttackHyper,
-    z: jax.Array, target: jax.Array,
-) -> LatentState:
-  """Runs the attack on latents `z` (B, d) until every one stops. Not jitted."""
-  states = jax.vmap(init_state, in_axes=(None, None, 0, 0))(config, hyper, z, target)
-  step = lambda states: attack_step(decode, classify, config, hyper, states)
-  return jax.lax.while_loop(lambda states: jnp.any(states.status == RUNNING), step, states)
 
 
 def result_from_states(state: LatentState) -> AttackResult:

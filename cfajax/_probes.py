@@ -34,7 +34,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from cfajax._attack import check_latents
+from cfajax import _checks
 
 DEFAULT_MAX_ITER = 500
 DEFAULT_TOL = 1e-6
@@ -296,7 +296,7 @@ def _split(z, y, validation, validation_fraction, seed):
   if validation is not None:
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
       raise ValueError("validation must be a pair (z_val, attributes_val)")
-    z_val = check_latents(validation[0])
+    z_val = _checks.latents(validation[0])
     if z_val.shape[1] != z.shape[1]:
       raise ValueError(
           f"validation latents have dimension {z_val.shape[1]}; the latents have {z.shape[1]}")
@@ -379,7 +379,7 @@ def fit_probes(
     ...                     validation_fraction=0.2)
     >>> probes.predict_proba(z_cf) - probes.predict_proba(z)   # local attributions
   """
-  z = check_latents(z)
+  z = _checks.latents(z)
   y = check_attributes(attributes, z.shape[0])
   if z.shape[0] == 0 or y.shape[1] == 0:
     raise ValueError(f"need at least one latent and one attribute; got attributes {y.shape}")

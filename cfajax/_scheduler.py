@@ -1,6 +1,18 @@
 """Batch schedulers: how many latents' loops share the device, and when.
 
-Two schedulers run the per-latent state machine of `_loop.py`:
+Two schedulers run a per-latent state machine, a *problem*: the attack of
+`_loop.py` or the inversion of `_inversion.py`. A problem is a static,
+hashable object with
+
+    cast(models) -> models            the models at the problem's precision
+    init(hyper, z, target) -> state   one latent's state (`state.status`
+                                      RUNNING, `state.steps` 0)
+    step(models, hyper, states)       one check-and-update of a batch
+    result(states) -> result          the batch's outputs (a pytree with
+                                      `.steps` and `.status`)
+
+`models` is a tuple of pytree callables, `hyper` a pytree of traced scalars
+and `target` a pytree of per-latent arrays. The two schedulers:
 
 * `run_static`: each chunk of `batch_size` latents is one `while_loop`;
   every latent of the chunk waits for the slowest one.
@@ -31,12 +43,6 @@ from jax.sharding import PartitionSpec as P
 from cfajax._batching import pad_rows
 from cfajax._loop import EMPTY
 from cfajax._loop import RUNNING
-from cfajax._loop import AttackResult
-from cfajax._loop import attack_batch
-from cfajax._loop import attack_step
-from cfajax._loop import cast_model
-from cfajax._loop import init_state
-from cfajax._loop import result_from_states
 
 DATA_AXIS = "data"
 
@@ -54,21 +60,32 @@ def _concat(parts):
 # -- static batches ------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _attack_batch(decode, classify, z, target, hyper, *, config):
-  decode, classify = cast_model(decode, config.precision), cast_model(classify, config.precision)
-  return result_from_states(attack_batch(decode, classify, config, hyper, z, target))
+def _init_batch(problem, hyper, z, target):
+  return jax.vmap(problem.init, in_axes=(None, 0, 0))(hyper, z, target)
 
 
-def run_static(decode, classify, z, target, hyper, config, *, batch_size, progress=None):
-  """Attacks (n, d) latents in vmapped chunks of `batch_size` (the last padded)."""
+@functools.partial(jax.jit, static_argnames="problem")
+def _run_batch(models, z, target, hyper, *, problem):
+  models = problem.cast(models)
+  states = _init_batch(problem, hyper, z, target)
+  step = lambda states: problem.step(models, hyper, states)
+  states = jax.lax.while_loop(lambda states: jnp.any(states.status == RUNNING), step, states)
+  return problem.result(states)
+
+
+def _pad_tree(tree, size: int):
+  return jax.tree_util.tree_map(lambda a: pad_rows(np.asarray(a), size), tree)
+
+
+def run_static(problem, models, z, target, hyper, *, batch_size, progress=None):
+  """Runs (n, d) latents in chunks of `batch_size` (the last padded), each one loop."""
   n = z.shape[0]
   chunk = min(batch_size, n)
   parts = []
   for start in range(0, n, chunk):
-    zc, tc = z[start:start + chunk], target[start:start + chunk]
-    out = _attack_batch(decode, classify, pad_rows(zc, chunk), pad_rows(tc, chunk), hyper,
-                        config=config)
+    zc = z[start:start + chunk]
+    tc = jax.tree_util.tree_map(lambda a: a[start:start + chunk], target)
+    out = _run_batch(models, pad_rows(zc, chunk), _pad_tree(tc, chunk), hyper, problem=problem)
     parts.append(_take_rows(out, len(zc)))
     if progress is not None:
       progress.update(len(zc))
@@ -81,11 +98,11 @@ def run_static(decode, classify, z, target, hyper, config, *, batch_size, progre
 class Pool(NamedTuple):
   """The carry of the continuous scheduler on one device. P slots, Q queued."""
 
-  slots: object  # LatentState with (P, ...) leaves
+  slots: object  # the problem's states, with (P, ...) leaves
   slot_index: jax.Array  # (P,) int32 queue position held by each slot; -1 if empty
   next_index: jax.Array  # (1,) int32 next queue position to load
   iterations: jax.Array  # (1,) int32 loop iterations run so far
-  outputs: AttackResult  # (Q, ...) results, written as latents stop
+  outputs: object  # the problem's (Q, ...) results, written as latents stop
 
 
 def _where_rows(mask, new, old):
@@ -95,34 +112,31 @@ def _where_rows(mask, new, old):
   return jax.tree_util.tree_map(pick, new, old)
 
 
-def _load(config, hyper, z_queue, target_queue, n_valid, positions):
+def _rows(tree, index):
+  return jax.tree_util.tree_map(lambda a: a[index], tree)
+
+
+def _load(problem, hyper, z_queue, target_queue, n_valid, positions):
   """Fresh loop states for queue `positions` (P,); past `n_valid` they are empty."""
   valid = positions < n_valid
   safe = jnp.where(valid, positions, 0)
-  states = jax.vmap(init_state, in_axes=(None, None, 0, 0))(
-      config, hyper, z_queue[safe], target_queue[safe])
+  states = _init_batch(problem, hyper, z_queue[safe], _rows(target_queue, safe))
   states = states._replace(status=jnp.where(valid, states.status, EMPTY))
   return states, jnp.where(valid, positions, -1)
 
 
-def _pool_start(config, hyper, z_queue, target_queue, n_valid, pool_size):
-  slots, slot_index = _load(config, hyper, z_queue, target_queue, n_valid,
+def _pool_start(problem, hyper, z_queue, target_queue, n_valid, pool_size):
+  slots, slot_index = _load(problem, hyper, z_queue, target_queue, n_valid,
                             jnp.arange(pool_size, dtype=jnp.int32))
-  queue = z_queue.shape[0]
-  outputs = AttackResult(
-      z=z_queue,
-      target=target_queue,
-      steps=jnp.zeros((queue,), jnp.int32),
-      status=jnp.full((queue,), EMPTY, jnp.int32),
-      initial_prob=jnp.full((queue,), jnp.nan, jnp.float32),
-      final_prob=jnp.full((queue,), jnp.nan, jnp.float32),
-  )
+  # Every queue position's initial state, marked empty until its latent stops.
+  initial = _init_batch(problem, hyper, z_queue, target_queue)
+  outputs = problem.result(initial._replace(status=jnp.full_like(initial.status, EMPTY)))
   return Pool(slots, slot_index, jnp.array([pool_size], jnp.int32), jnp.zeros((1,), jnp.int32),
               outputs)
 
 
-def _pool_advance(decode, classify, config, hyper, z_queue, target_queue, n_valid, pool,
-                  stop_at, shrink_at):
+def _pool_advance(problem, models, hyper, z_queue, target_queue, n_valid, pool, stop_at,
+                  shrink_at):
   """Runs the pool's loop until it drains or `stop_at` iterations have run.
 
   It also stops once the queue is exhausted and at most `shrink_at` slots are
@@ -131,14 +145,14 @@ def _pool_advance(decode, classify, config, hyper, z_queue, target_queue, n_vali
   queue = z_queue.shape[0]
 
   def body(pool: Pool) -> Pool:
-    slots = attack_step(decode, classify, config, hyper, pool.slots)
+    slots = problem.step(models, hyper, pool.slots)
     done = (slots.status != RUNNING) & (pool.slot_index >= 0)
     write_at = jnp.where(done, pool.slot_index, queue)  # out of range: dropped
     outputs = jax.tree_util.tree_map(
         lambda buffer, value: buffer.at[write_at].set(value, mode="drop"),
-        pool.outputs, result_from_states(slots))
+        pool.outputs, problem.result(slots))
     positions = pool.next_index[0] + jnp.cumsum(done, dtype=jnp.int32) - 1
-    fresh, fresh_index = _load(config, hyper, z_queue, target_queue, n_valid, positions)
+    fresh, fresh_index = _load(problem, hyper, z_queue, target_queue, n_valid, positions)
     return Pool(
         slots=_where_rows(done, fresh, slots),
         slot_index=jnp.where(done, fresh_index, pool.slot_index),
@@ -161,28 +175,27 @@ def local_mesh(devices=None) -> Mesh:
   return Mesh(np.array(devices), (DATA_AXIS,))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "pool_size", "mesh"))
-def _start_sharded(hyper, z_queue, target_queue, n_valid, *, config, pool_size, mesh):
-  start = lambda hyper, z, t, n: _pool_start(config, hyper, z, t, n[0], pool_size)
+@functools.partial(jax.jit, static_argnames=("problem", "pool_size", "mesh"))
+def _start_sharded(hyper, z_queue, target_queue, n_valid, *, problem, pool_size, mesh):
+  start = lambda hyper, z, t, n: _pool_start(problem, hyper, z, t, n[0], pool_size)
   return jax.shard_map(start, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
                        out_specs=_pool_specs(), check_vma=False)(hyper, z_queue, target_queue,
                                                                  n_valid)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames="pool")
-def _advance_sharded(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at,
-                     shrink_at, *, config, mesh):
-  decode, classify = cast_model(decode, config.precision), cast_model(classify, config.precision)
+@functools.partial(jax.jit, static_argnames=("problem", "mesh"), donate_argnames="pool")
+def _advance_sharded(models, hyper, z_queue, target_queue, n_valid, pool, stop_at, shrink_at, *,
+                     problem, mesh):
+  models = problem.cast(models)
 
-  def advance(decode, classify, hyper, z, t, n, pool, stop_at, shrink_at):
-    return _pool_advance(decode, classify, config, hyper, z, t, n[0], pool, stop_at, shrink_at)
+  def advance(models, hyper, z, t, n, pool, stop_at, shrink_at):
+    return _pool_advance(problem, models, hyper, z, t, n[0], pool, stop_at, shrink_at)
 
   return jax.shard_map(
       advance, mesh=mesh,
-      in_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), _pool_specs(), P(),
-                P()),
+      in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), _pool_specs(), P(), P()),
       out_specs=_pool_specs(), check_vma=False,
-  )(decode, classify, hyper, z_queue, target_queue, n_valid, pool, stop_at, shrink_at)
+  )(models, hyper, z_queue, target_queue, n_valid, pool, stop_at, shrink_at)
 
 
 # A drained pool moves its busy slots to one a quarter as wide while the
@@ -225,9 +238,9 @@ def _queue_length(per_device: int, pool_size: int) -> int:
   return pool_size * (1 << (blocks - 1).bit_length())
 
 
-def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, mesh=None,
-                   progress=None, segment_iterations=None, shrink=True):
-  """Attacks (n, d) latents with a pool of `batch_size` slots kept full.
+def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, progress=None,
+                   segment_iterations=None, shrink=True):
+  """Runs (n, d) latents with a pool of `batch_size` slots kept full.
 
   Example i goes to device `i % num_devices`; each device keeps
   `batch_size // num_devices` slots and its own queue. Once the queue is
@@ -236,7 +249,7 @@ def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, me
   per device), so that a few slow latents do not keep the whole width busy.
 
   Returns:
-    `(result, stats)`: an `AttackResult` in input order, and a dict with
+    `(result, stats)`: the problem's result in input order, and a dict with
     `loop_iterations` (per device), `pool_size`, `final_pool_size` and
     `useful_step_fraction` (sum of steps over the slot-iterations run, at
     every width).
@@ -252,15 +265,15 @@ def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, me
   order = np.arange(devices * queue).reshape(queue, devices).T.reshape(-1)
   real = order < n
   # Padding rows are never loaded (each device stops at its n_valid).
-  z_queue = np.where(real[:, None], z[np.minimum(order, n - 1)], 0)
-  t_queue = np.where(real, target[np.minimum(order, n - 1)], 0).astype(np.int32)
+  source = np.minimum(order, n - 1)
+  pad = lambda a: np.where(real.reshape((-1,) + (1,) * (a.ndim - 1)), a[source], 0).astype(a.dtype)
   n_valid = np.array([(n - k + devices - 1) // devices for k in range(devices)], np.int32)
   sharded = NamedSharding(mesh, P(DATA_AXIS))
-  z_queue = jax.device_put(z_queue.astype(z.dtype), sharded)
-  t_queue = jax.device_put(t_queue, sharded)
+  z_queue = jax.device_put(pad(np.asarray(z)), sharded)
+  t_queue = jax.device_put(jax.tree_util.tree_map(lambda a: pad(np.asarray(a)), target), sharded)
   n_valid = jax.device_put(n_valid, sharded)
 
-  pool = _start_sharded(hyper, z_queue, t_queue, n_valid, config=config, pool_size=pool_size,
+  pool = _start_sharded(hyper, z_queue, t_queue, n_valid, problem=problem, pool_size=pool_size,
                         mesh=mesh)
   limit = np.iinfo(np.int32).max
   segment = limit if segment_iterations is None else int(segment_iterations)
@@ -272,9 +285,9 @@ def run_continuous(decode, classify, z, target, hyper, config, *, batch_size, me
   while True:
     stop_at = min(stop_at + segment, limit)
     narrower = width // SHRINK_FACTOR if shrink and width // SHRINK_FACTOR >= MIN_SHRUNK_POOL else 0
-    pool = _advance_sharded(decode, classify, hyper, z_queue, t_queue, n_valid, pool,
+    pool = _advance_sharded(models, hyper, z_queue, t_queue, n_valid, pool,
                             jnp.asarray(stop_at, jnp.int32), jnp.asarray(narrower, jnp.int32),
-                            config=config, mesh=mesh)
+                            problem=problem, mesh=mesh)
     iterations = np.asarray(pool.iterations).astype(np.int64)
     slot_steps += int(np.sum(iterations - iterations_before)) * width
     iterations_before = iterations

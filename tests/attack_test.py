@@ -259,10 +259,10 @@ def test_static_chunks_compile_once():
   decode, classify = mlp_models(seed=3)
   options = dict(threshold=0.7, step_size=0.4, max_steps=30, batch_size=3, schedule="static")
   cfajax.counterfactual_attack(decode, classify, latents(3, seed=8), 1, **options)
-  compiled = _scheduler._attack_batch._cache_size()
+  compiled = _scheduler._run_batch._cache_size()
   result = cfajax.counterfactual_attack(decode, classify, latents(10, seed=9), 1, **options)
   assert len(result) == 10 and result.z.shape == (10, D)
-  assert _scheduler._attack_batch._cache_size() == compiled
+  assert _scheduler._run_batch._cache_size() == compiled
 
 
 @pytest.mark.parametrize(

@@ -48,9 +48,10 @@ def test_progress_segments_do_not_change_results():
     z = latents64(11, seed=5)
     whole = cfajax.counterfactual_attack(decode, classify, z, target, batch_size=4, **OPTIONS)
     result, stats = _scheduler.run_continuous(
-        *map(cfajax._callables.as_pure_callable, (decode, classify)), z,
+        cfajax._loop.AttackConfig(precision="float64"),
+        tuple(map(cfajax._callables.as_pure_callable, (decode, classify))), z,
         target.astype(np.int32), cfajax._attack.make_hyper(0.8, 0.5, 200, 0.0, np.float64),
-        cfajax._loop.AttackConfig(precision="float64"), batch_size=4, segment_iterations=3)
+        batch_size=4, segment_iterations=3)
   assert_same_results(result, whole)
 
 
