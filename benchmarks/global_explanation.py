@@ -49,7 +49,7 @@ from attack_throughput import build_workload  # noqa: E402
 
 import cfajax  # noqa: E402
 from cfajax._batching import apply_batched  # noqa: E402
-from cfajax._explain import _Task  # noqa: E402
+from cfajax._task import DecisionTask  # noqa: E402
 
 STAGES = ("encode", "probes", "attack", "attributions")
 
@@ -72,7 +72,7 @@ def pair_prob(logits: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def choose_targets(logits: np.ndarray, task: str, classes: tuple[int, int]):
   """(selected rows, targets, original pair probabilities) for the task."""
   if task == "pair":  # as `cfajax explain`
-    pair = _Task(logits.shape[1], classes)
+    pair = DecisionTask(logits.shape[1], classes)
     selected = np.flatnonzero(pair.selected(logits))
     return selected, pair.target(logits[selected]), pair.positive_prob(logits[selected])
   logits = np.asarray(logits, np.float64)

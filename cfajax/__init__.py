@@ -3,9 +3,12 @@
 The whole public API:
 
 The dataset-wide explanation (the main job; also `cfajax explain`)
-  explain(config=None, *, restart=False, **options) -> summary dict; writes results
-                                    to config.out, resumable (see the README's "Resuming")
+  explain(config=None, *, classifier=, generator=, images=, attributes=, restart=False,
+          **options) -> summary dict; writes results to config.out, resumable
+    any JAX classifier and generator over any images (or a preset: digits, mnist, celeba)
   ExplainConfig                     every option of a run, with defaults
+  AttributeTable(names, values, images=|latents=)   labels the probes learn from;
+    .from_csv(path), .from_dataset(dataset), .subset, .columns, .split
   select_probe_attributes(names, attributes, explained, *, exclude, max_correlation)
     -> (kept columns, {left out: why})   no probes for near-duplicates of the target
   select_output(classifier, attribute) -> (B, 1) classifier of one sigmoid head
@@ -40,6 +43,7 @@ Checkpoints (orbax weights + JSON config)
 Data (float32 NHWC images in [0, 1])
   ImageDataset(images, labels, attributes, attribute_names, ids, name)
   load_digits() -> ImageDataset
+  load_image_folder(folder, image_size=None) -> ImageDataset   every image file, name order
   load_mnist(data_dir=None, split="train") -> ImageDataset
   load_celeba(data_dir=None, split="train", image_size=64) -> ImageDataset
   split_dataset(dataset, num_test, seed=0) -> (train, test)
@@ -78,13 +82,14 @@ from cfajax._checkpoint import save_model
 from cfajax._data import ImageDataset
 from cfajax._data import load_celeba
 from cfajax._data import load_digits
+from cfajax._data import load_image_folder
 from cfajax._data import load_mnist
 from cfajax._data import read_idx
 from cfajax._data import split_dataset
+from cfajax._attribute_tables import AttributeTable
+from cfajax._attribute_tables import select_probe_attributes
 from cfajax._explain import ExplainConfig
 from cfajax._explain import explain
-from cfajax._explain import select_output
-from cfajax._explain import select_probe_attributes
 from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
 from cfajax._descriptors import DESCRIPTOR_NAMES
 from cfajax._descriptors import binarize_descriptors
@@ -99,6 +104,7 @@ from cfajax._models import ConvVAE
 from cfajax._models import Generator
 from cfajax._models import VAEConfig
 from cfajax._models import build_model
+from cfajax._models import select_output
 from cfajax._probes import Probes
 from cfajax._probes import fit_probes
 from cfajax._scheduler import local_mesh
@@ -112,6 +118,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the dataset-wide explanation
+    "AttributeTable",
     "ExplainConfig",
     "explain",
     "select_output",
@@ -145,6 +152,7 @@ __all__ = [
     "ImageDataset",
     "load_celeba",
     "load_digits",
+    "load_image_folder",
     "load_mnist",
     "read_idx",
     "split_dataset",

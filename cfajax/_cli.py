@@ -13,24 +13,58 @@ from cfajax._recipes import RECIPES
 from cfajax._recipes import TRAIN_PARTS
 
 EXPLAIN_HELP = {
-    "dataset": "digits (embedded, no download), mnist or celeba",
-    "out": "output folder; running again with the same folder resumes",
-    "data_dir": "folder with the MNIST IDX files or the CelebA layout "
+    "dataset": "a preset that brings images, models and attributes: digits (embedded, no "
+               "download), mnist or celeba; default digits unless --images is given",
+    "out": "output folder; running again with the same folder resumes "
+           "(default: runs/explain-<preset>, or runs/explain)",
+    "data_dir": "a preset's data: the MNIST IDX files or the CelebA layout "
                 "(default: $CFAJAX_DATA_DIR, else tensorflow-datasets)",
-    "classes": "for a multi-class classifier, the pair explained, e.g. 4,9",
+    "generator": "the generator: a cfajax checkpoint folder or package.module:factory "
+                 "(a preset's default: OUT/models/vae, trained if absent); --vae is an alias",
+    "classifier": "the classifier: a cfajax checkpoint folder or package.module:factory "
+                  "(a preset's default: OUT/models/classifier, trained if absent)",
+    "images": "your images to explain: a folder of image files, or tfds:NAME[:SPLIT]",
+    "attributes": "your attribute CSV for the probes: a header (file, names...) and one row "
+                  "per image file, values 0/1",
+    "classes": "for a multi-class classifier, the pair explained, e.g. 4,9 (the second is "
+               "the positive side)",
     "target_attribute": "CelebA attribute predicted by the binary classifier",
-    "exclude_attributes": "CelebA attributes to leave out of the probes, e.g. Smiling,Bald",
+    "exclude_attributes": "attributes to leave out of the probes, e.g. Smiling,Bald",
     "max_attribute_correlation": "CelebA attributes whose labels correlate with the target "
                                  "beyond this |r| get no probe (near-duplicates)",
-    "explain_split": "examples explained: train, test or all",
-    "vae": "VAE checkpoint to use (default: OUT/models/vae, trained if absent)",
-    "classifier": "classifier checkpoint to use (default: OUT/models/classifier)",
+    "explain_split": "a preset's examples explained: train, test or all",
+    "image_size": "square side images are resized to (0: CelebA's 64, a folder's own size)",
+    "latent_dim": "latent size of a preset VAE trained now (0: the recipe's), or of a "
+                  "generator without an encoder",
+    "vae_widths": "channel widths of a preset VAE trained now, e.g. 32,64 (empty: the recipe's)",
+    "classifier_widths": "channel widths of a preset classifier trained now (empty: the "
+                         "recipe's)",
+    "vae_epochs": "epochs of a preset VAE trained now (0: the recipe's)",
+    "classifier_epochs": "epochs of a preset classifier trained now (0: the recipe's)",
+    "train_batch_size": "batch size for models trained now (0: the recipe's)",
+    "threshold": "stop an attack when the target's probability reaches this, in (0, 1)",
+    "step_size": "learning rate of plain gradient ascent",
+    "max_steps": "most updates per attack",
+    "objective": "what is ascended: logit (the target's log-odds), prob (its probability, the "
+                 "paper's) or log_prob",
     "optimizer": "ascent (plain gradient ascent, the paper's) or adam",
+    "learning_rate": "Adam's learning rate (with --optimizer adam)",
     "precision": "float32, or bfloat16 for the models' arithmetic",
     "pool_size": "latents on the device at once",
+    "inversion_starts": "starts per image when latents are found by inversion",
+    "inversion_steps": "most Adam steps per inversion start",
+    "inversion_step_size": "the inversion's Adam learning rate",
+    "inversion_prior_weight": "weight of mean z^2 in the inversion loss",
+    "max_inversion_error": "leave out images whose inversion's pixel MSE exceeds this "
+                           "(0: beyond Q3 + 3 IQR of the run's errors)",
     "chunk_size": "examples per resumable chunk",
-    "vae_widths": "VAE channel widths when one is trained, e.g. 32,64 (default: the recipe's)",
-    "classifier_widths": "classifier channel widths when one is trained (default: the recipe's)",
+    "probe_c": "the probes' inverse L2 regularisation strength (scikit-learn's C)",
+    "probe_class_weight": "balanced, or none for unweighted probes",
+    "probe_standardize": "standardise latents before the probes",
+    "probe_validation_fraction": "part of the attribute table held out to check the probes",
+    "num_bootstrap": "bootstrap resamples for psi's confidence intervals",
+    "num_figure_examples": "counterfactuals shown in counterfactuals.png",
+    "seed": "seed of training, splits, inversion starts and the bootstrap",
 }
 
 
@@ -48,20 +82,22 @@ def _add_explain_parser(commands) -> None:
   from cfajax._explain import ExplainConfig
   parser = commands.add_parser(
       "explain", help="global explanation of a classifier over a whole dataset",
-      description="Encode a dataset, fit attribute probes, attack every example and "
+      description="Encode the images, fit attribute probes, attack every example and "
                   "aggregate the attributions. With no options: scikit-learn's digits, "
-                  "trained models, morphometric descriptors (no download).")
+                  "trained models, morphometric descriptors (no download). Your own: "
+                  "--images DIR --attributes CSV --classifier SPEC --generator SPEC.")
   for field in dataclasses.fields(ExplainConfig):
-    flag = "--" + field.name.replace("_", "-")
+    flags = ["--" + field.name.replace("_", "-")] + (["--vae"] if field.name == "generator" else [])
     kind = str(field.type)
-    help_text = EXPLAIN_HELP.get(field.name, "")
+    help_text = EXPLAIN_HELP[field.name]
     if kind == "bool":
-      parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+      parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=field.default,
                           help=help_text)
     else:
       default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-      parser.add_argument(flag, type=_parse_value(kind), default=field.default,
-                          help=f"{help_text} (default: {default})".strip())
+      shown = "" if default is None else f" (default: {default})"
+      parser.add_argument(*flags, type=_parse_value(kind), default=field.default,
+                          help=f"{help_text}{shown}")
   parser.add_argument("--restart", action="store_true",
                       help="discard the results already in --out (and the models trained "
                       "there, if an option they were trained with changed) and start over")
@@ -90,7 +126,7 @@ def _run_explain(args) -> int:
     row = psi["attributes"][name]
     low, high = row["ci"]
     print(f"  {name:>24s}  {row['psi']:+.3f}  [{low:+.3f}, {high:+.3f}]")
-  print(f"written to {args.out}/: summary.json, examples.npz, counterfactuals.png, "
+  print(f"written to {summary['config']['out']}/: summary.json, examples.npz, counterfactuals.png, "
         "global_attributions.png")
   return 0
 

@@ -355,6 +355,34 @@ class Classifier(nnx.Module):
                   "accuracy_per_output": per_output}
 
 
+class OneOutput(nnx.Module):
+  """One sigmoid head of a multi-attribute classifier, as a (B, 1) classifier."""
+
+  def __init__(self, classifier, column: int):
+    self.classifier = classifier
+    self.column = column
+
+  def __call__(self, x):
+    return self.classifier(x)[:, self.column:self.column + 1]
+
+
+def select_output(classifier: Classifier, attribute: str):
+  """The classifier's sigmoid head for `attribute`, as a (B, 1) binary classifier.
+
+  A multi-attribute CelebA classifier (`--attributes Young,Male,...`) gives
+  one logit per attribute; the attack and the explanation need one. A
+  one-head classifier is returned as is.
+
+  Raises:
+    ValueError: the classifier has no sigmoid output named `attribute`.
+  """
+  names = tuple(classifier.config.output_names)
+  if classifier.config.head != "sigmoid" or attribute not in names:
+    raise ValueError(f"the classifier predicts {list(names) or classifier.config.num_outputs}, "
+                     f"not the CelebA attribute {attribute!r}")
+  return classifier if len(names) == 1 else OneOutput(classifier, names.index(attribute))
+
+
 def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
   """Builds the model of `kind` ("vae" or "classifier") from its config."""
   models = {"vae": (ConvVAE, VAEConfig), "classifier": (Classifier, ClassifierConfig)}

@@ -1,5 +1,8 @@
 """The output folder of a resumable explanation: atomic files, one writer, verified chunks.
 
+It is also the resumable chunk store: `attack_in_chunks` attacks a run's
+latents chunk by chunk and reuses every saved chunk that verifies.
+
     <out>/.lock            held (flock) by the process writing the folder
     <out>/run.json         the options this folder's results belong to, and
                            digests of the models and examples they came from
@@ -27,6 +30,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+import jax
 
 from cfajax import _hashing
 
@@ -244,3 +249,70 @@ def load_chunk(path, key: ChunkKey) -> tuple[dict[str, np.ndarray] | None, str |
 
 def _outputs_digest(outputs: dict[str, np.ndarray]) -> str:
   return _hashing.digest_arrays(*(outputs[name] for name in CHUNK_FIELDS))
+
+
+def attack_in_chunks(folder, attack, z, target, *, chunk_size: int, attack_digest: str,
+                     models_digest: str, progress=None, log=print):
+  """Runs `attack(z, target)` chunk by chunk, reusing the verified chunks in `folder`.
+
+  Across processes (`jax.distributed`), process p computes chunks
+  p, p + P, p + 2P, ...; the rows are then gathered on every process.
+
+  Args:
+    attack: `(z_rows, target_rows, progress) -> AttackResult`.
+    z, target: (n, d) starting latents and (n,) targets.
+    attack_digest, models_digest: digests of what else the results depend on.
+
+  Returns:
+    `(rows, resumed)`: {field: (n, ...) array} for `CHUNK_FIELDS`, and how
+    many rows came from saved chunks.
+  """
+  n = len(z)
+  process, processes = jax.process_index(), jax.process_count()
+  rows = {"z_cf": np.zeros_like(z), "steps": np.zeros(n, np.int32),
+          "status": np.zeros(n, np.int32), "initial_prob": np.zeros(n, np.float32),
+          "final_prob": np.zeros(n, np.float32)}
+  mine = np.zeros(n, bool)
+  resumed, recomputed = 0, {}
+  for k, start in enumerate(range(0, n, chunk_size)):
+    if k % processes != process:
+      continue
+    stop = min(start + chunk_size, n)
+    mine[start:stop] = True
+    key = ChunkKey(start, stop, _hashing.digest_arrays(z[start:stop], target[start:stop]),
+                   attack_digest, models_digest)
+    path = chunk_path(folder, k)
+    saved, reason = load_chunk(path, key)
+    if saved is not None:
+      for name in CHUNK_FIELDS:
+        rows[name][start:stop] = saved[name]
+      resumed += stop - start
+      if progress is not None:
+        progress.update(stop - start)
+      continue
+    if reason is not None:
+      recomputed[reason] = recomputed.get(reason, 0) + 1
+    result = attack(z[start:stop], target[start:stop], progress)
+    chunk = {"z_cf": np.asarray(result.z), "steps": np.asarray(result.steps),
+             "status": np.asarray(result.status),
+             "initial_prob": np.asarray(result.initial_prob),
+             "final_prob": np.asarray(result.final_prob)}
+    save_chunk(path, key, chunk)
+    for name in CHUNK_FIELDS:
+      rows[name][start:stop] = chunk[name]
+  if recomputed:
+    log("recomputed saved chunks that no longer fit this run: " + ", ".join(
+        f"{count} {reason}" for reason, count in sorted(recomputed.items())))
+  if processes > 1:
+    rows = _gather_rows(rows, mine)
+  return rows, resumed
+
+
+def _gather_rows(rows: dict[str, np.ndarray], mine: np.ndarray) -> dict[str, np.ndarray]:
+  """Combines each process's rows (zero elsewhere) into full arrays on every process."""
+  from jax.experimental import multihost_utils
+  out = {}
+  for name, value in rows.items():
+    masked = np.where(mine.reshape((-1,) + (1,) * (value.ndim - 1)), value, 0)
+    out[name] = np.asarray(multihost_utils.process_allgather(masked)).sum(axis=0).astype(value.dtype)
+  return out

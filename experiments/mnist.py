@@ -180,7 +180,7 @@ def main():
 
   # 4. A global explanation of 4 vs 9 over the test split.
   summary = cfajax.explain(dataset="mnist", data_dir=args.data_dir, out=args.explain_out,
-                           vae=str(runs / "vae"), classifier=str(runs / "classifier"),
+                           generator=str(runs / "vae"), classifier=str(runs / "classifier"),
                            classes=(4, 9), explain_split="test", **{
                                k: LATENT[k] for k in ("step_size", "max_steps", "objective")})
   for name in ("counterfactuals.png", "global_attributions.png"):

@@ -35,7 +35,7 @@ def small_run(tmp_path_factory):
 def config_like(small_run, out, **changes):
   config, _ = small_run
   models = os.path.join(config.out, "models")
-  return ExplainConfig(**{**config.to_dict(), "out": str(out), "vae": f"{models}/vae",
+  return ExplainConfig(**{**config.to_dict(), "out": str(out), "generator": f"{models}/vae",
                           "classifier": f"{models}/classifier", **changes})
 
 
@@ -61,7 +61,7 @@ def test_outputs(small_run):
   for name in ("counterfactuals.png", "global_attributions.png"):
     with Image.open(os.path.join(config.out, name)) as image:
       assert image.size[0] > 200 and image.size[1] > 100
-  assert set(summary["timings_s"]) >= {"models", "probes", "attack", "attributions"}
+  assert set(summary["timings_s"]) >= {"inputs", "encode", "probes", "attack", "attributions"}
 
 
 def test_a_change_of_result_options_is_refused_naming_them(small_run, tmp_path):
@@ -73,7 +73,7 @@ def test_a_change_of_result_options_is_refused_naming_them(small_run, tmp_path):
   restarted = cfajax.explain(config, progress=False, log=None, max_steps=61, restart=True)
   assert restarted["num_resumed"] == 0 and restarted["config"]["max_steps"] == 61
   # The models came from elsewhere (vae=, classifier=): a restart keeps them.
-  assert os.path.exists(config.vae)
+  assert os.path.exists(config.generator)
 
 
 def test_options_that_change_no_result_do_not_block_a_resume(small_run, tmp_path):
@@ -222,6 +222,18 @@ def chunk_task(n=40, seed=0):
   return decode, classify, np.asarray(latents(n, seed=seed + 1)), (np.arange(n) % 3).astype(np.int32)
 
 
+def chunked(config, decode, classify, messages):
+  """The explanation's chunked attack on given latents, as explain runs it."""
+  from cfajax import _explain, _runfolder
+  options = _explain._attack_options(config)
+  attack = lambda z, t, bar: cfajax.counterfactual_attack(
+      decode, classify, z, t, batch_size=config.pool_size, progress=bar, **options)
+  return lambda z, target, models="m": _runfolder.attack_in_chunks(
+      config.out, attack, z, target, chunk_size=config.chunk_size,
+      attack_digest=cfajax._hashing.digest_json(options), models_digest=models,
+      log=messages.append)
+
+
 def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
   # Latents shifted by 3 under the same options used to resume 8 of 8 chunks
   # and return the old counterfactuals.
@@ -229,9 +241,8 @@ def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
   decode, classify, z, target = chunk_task()
   config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
                          threshold=0.8, step_size=0.5)
-  run = lambda z, target, models="m": _explain._attack_chunks(
-      config, decode, classify, z, target, models, None, messages.append)
   messages = []
+  run = chunked(config, decode, classify, messages)
   first, resumed = run(z, target)
   assert resumed == 0
   again, resumed = run(z, target)
@@ -250,14 +261,12 @@ def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
 
 
 def test_copied_truncated_and_damaged_chunks_are_recomputed(tmp_path):
-  from cfajax import _explain
   decode, classify, z, target = chunk_task(n=23)
   config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
                          threshold=0.8, step_size=0.5)
   messages = []
-  run = lambda: _explain._attack_chunks(config, decode, classify, z, target, "m", None,
-                                        messages.append)
-  whole, _ = run()
+  run = chunked(config, decode, classify, messages)
+  whole, _ = run(z, target)
   chunks = tmp_path / "chunks"
   # A valid chunk copied over another, the short last chunk over the first, a
   # flipped byte in a third: each is caught and recomputed.
@@ -267,7 +276,7 @@ def test_copied_truncated_and_damaged_chunks_are_recomputed(tmp_path):
   data = bytearray((chunks / "attack-00002.npz").read_bytes())
   data[len(data) // 2] ^= 0xFF
   (chunks / "attack-00002.npz").write_bytes(bytes(data))
-  again, resumed = run()
+  again, resumed = run(z, target)
   assert resumed == 23 - 15
   assert "2 for other rows" in messages[-1] and "1 damaged" in messages[-1]
   for name in whole:
@@ -278,7 +287,7 @@ def test_a_checkpoint_replaced_between_runs_recomputes_every_chunk(small_run, tm
   models = tmp_path / "models"
   shutil.copytree(os.path.join(small_run[0].out, "models"), models)
   config = config_like(small_run, tmp_path / "run", chunk_size=16,
-                       vae=str(models / "vae"), classifier=str(models / "classifier"))
+                       generator=str(models / "vae"), classifier=str(models / "classifier"))
   first = cfajax.explain(config, progress=False, log=None)
   # Replaced at the same path by a classifier that differs a little (as a
   # retrained one would, but without the training time).
@@ -288,11 +297,12 @@ def test_a_checkpoint_replaced_between_runs_recomputes_every_chunk(small_run, tm
   messages = []
   second = cfajax.explain(config, progress=False, log=messages.append)
   assert second["num_resumed"] == 0
-  assert any("classifier's weights" in m and "recomputed" in m for m in messages)
+  assert any("the classifier" in m and "recomputed" in m for m in messages)
   with open(tmp_path / "run" / "run.json") as f:
     record = json.load(f)
-  assert record["models"]["classifier"]["weights_sha256"] == \
-      second["models"]["classifier"]["weights_sha256"] != \
+  assert record["models"]["classifier"]["digest"] == second["models"]["classifier"]["digest"] \
+      != first["models"]["classifier"]["digest"]
+  assert second["models"]["classifier"]["weights_sha256"] != \
       first["models"]["classifier"]["weights_sha256"]
 
 

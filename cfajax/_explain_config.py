@@ -1,0 +1,277 @@
+"""The options of a dataset-wide explanation, and their checks before any work.
+
+`ExplainConfig` holds every option (all JSON-serialisable, so run.json can
+record them); `check_config` checks each one's type and range, and a
+preset's checkpoints against its dataset, before anything is loaded,
+trained or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from cfajax import _checks
+from cfajax import _data
+from cfajax import _loop
+from cfajax import _presets
+from cfajax import _recipes
+from cfajax import _sources
+
+# Options that change no chunk, model or selected example: they may differ
+# between the runs of one output folder. (pool_size changes only the
+# summation order inside batched products; model, image and attribute sources
+# count by their digests, data_dir by the latents it leads to.)
+RESUMABLE_OPTIONS = ("out", "data_dir", "generator", "classifier", "images", "attributes",
+                     "pool_size", "chunk_size", "exclude_attributes",
+                     "max_attribute_correlation", "probe_c", "probe_class_weight",
+                     "probe_standardize", "probe_validation_fraction", "num_bootstrap",
+                     "num_figure_examples")
+# Options a model trained into out/models was trained with.
+TRAINING_OPTIONS = ("dataset", "image_size", "target_attribute", "latent_dim", "vae_widths",
+                    "classifier_widths", "vae_epochs", "classifier_epochs", "train_batch_size",
+                    "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+  """Every option of a dataset-wide explanation (all JSON-serialisable).
+
+  Attributes:
+    dataset: a preset, "digits" (scikit-learn's, embedded), "mnist" or
+      "celeba", that supplies images, models and attributes; None for
+      "digits" unless images are given (then there is no preset).
+    out: the output folder (default runs/explain-<preset>, or runs/explain);
+      rerunning with the same folder resumes.
+    data_dir: where a preset's MNIST IDX files or CelebA layout live (else
+      `$CFAJAX_DATA_DIR`, else tensorflow-datasets).
+    generator, classifier: a cfajax checkpoint folder or a
+      `package.module:factory` import string; for a preset, instead of
+      `out/models/...` (Python objects are passed to `explain` directly).
+    images: the images to explain: a folder of image files, or
+      "tfds:NAME[:SPLIT]" (arrays are passed to `explain` directly).
+    attributes: an attribute CSV for the probes (see `AttributeTable`).
+    classes: for a multi-class classifier, the pair (a, b) explained: examples
+      predicted a are attacked toward b and vice versa; b is the positive class.
+    target_attribute: for CelebA, the attribute the binary classifier predicts.
+    exclude_attributes: attributes left out of the probes; for CelebA also
+      near-duplicates of the target, whose labels correlate with it beyond
+      `max_attribute_correlation` (see `select_probe_attributes`).
+    explain_split: a preset's examples to explain: "train", "test" or "all".
+    image_size: resize images to this square side: CelebA's (default 64),
+      or a folder's (default 0: keep the files' size).
+    latent_dim: the latent size of a preset's VAE when trained (0: the
+      recipe's), or of a decoder-only generator whose latents are inverted.
+    vae_widths, classifier_widths, vae_epochs, classifier_epochs,
+      train_batch_size: for a preset's models trained when no checkpoint
+      exists (0 or empty: the recipe's, as `cfajax train` uses).
+    threshold, step_size, max_steps, objective, optimizer, learning_rate,
+    precision, pool_size: the attack's options (`optimizer` is "ascent" for
+      plain gradient ascent or "adam").
+    inversion_starts, inversion_steps, inversion_step_size,
+      inversion_prior_weight: for a generator without `encode`, how latents
+      are found (`invert`).
+    max_inversion_error: images whose inversion's pixel MSE exceeds this are
+      left out of psi; 0: those beyond Q3 + 3 IQR of the run's errors.
+    chunk_size: examples per resumable chunk.
+    probe_c, probe_class_weight, probe_standardize: probe regularisation.
+    probe_validation_fraction: the part of the attribute table held out to
+      check the probes, when no separate validation table is given.
+    num_bootstrap: bootstrap resamples for psi's confidence interval.
+    num_figure_examples: counterfactuals shown in the figure.
+    seed: for training, splits, inversion starts and the bootstrap.
+  """
+
+  dataset: str | None = None
+  out: str | None = None
+  data_dir: str | None = None
+  generator: str | None = None
+  classifier: str | None = None
+  images: str | None = None
+  attributes: str | None = None
+  classes: tuple[int, int] = (4, 9)
+  target_attribute: str = "Young"
+  exclude_attributes: tuple[str, ...] = ()
+  max_attribute_correlation: float = 0.75
+  explain_split: str = "all"
+  image_size: int = 0
+  latent_dim: int = 0
+  vae_widths: tuple[int, ...] = ()
+  classifier_widths: tuple[int, ...] = ()
+  vae_epochs: int = 0
+  classifier_epochs: int = 0
+  train_batch_size: int = 0
+  threshold: float = 0.5
+  step_size: float = 0.1
+  max_steps: int = 500
+  objective: str = "logit"
+  optimizer: str = "ascent"
+  learning_rate: float = 0.05
+  precision: str = "float32"
+  pool_size: int = 4096
+  inversion_starts: int = 4
+  inversion_steps: int = 500
+  inversion_step_size: float = 0.05
+  inversion_prior_weight: float = 0.0
+  max_inversion_error: float = 0.0
+  chunk_size: int = 8192
+  probe_c: float = 1.0
+  probe_class_weight: str | None = "balanced"
+  probe_standardize: bool = True
+  probe_validation_fraction: float = 0.2
+  num_bootstrap: int = 1000
+  num_figure_examples: int = 8
+  seed: int = 0
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "ExplainConfig":
+    values = dict(values)
+    if "vae" in values:  # the generator's name before models other than VAEs were explained
+      values["generator"] = values.pop("vae")
+    check_option_names(values)
+    for name in ("classes", "vae_widths", "classifier_widths", "exclude_attributes"):
+      if name in values:
+        values[name] = tuple(values[name])
+    return cls(**values)
+
+
+def check_option_names(values) -> None:
+  known = [f.name for f in dataclasses.fields(ExplainConfig)]
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    raise ValueError(f"unknown explain options {unknown}; the options are {known}")
+
+
+def _int_tuple(name: str, value, *, length: int | None = None, low: int = 0) -> tuple[int, ...]:
+  if not isinstance(value, (tuple, list)):
+    raise ValueError(f"{name} must be a tuple of integers; got {type(value).__name__} "
+                     f"{value!r}")
+  if length is not None and len(value) != length:
+    raise ValueError(f"{name} must hold {length} integers; got {tuple(value)}")
+  return tuple(_checks.integer(f"{name}[{i}]", v, low=low) for i, v in enumerate(value))
+
+
+def _optional_path(name: str, value) -> None:
+  if value is not None and not isinstance(value, (str, os.PathLike)):
+    raise ValueError(f"{name} must be a path or None; got {type(value).__name__} {value!r}")
+
+
+def check_config(config: ExplainConfig) -> None:
+  """Checks every option's type and range, and a preset's checkpoints, before any work.
+
+  Raises:
+    ValueError: an option of the wrong type or out of range, classes the
+      classifier does not have, a target attribute CelebA does not have, or
+      checkpoints that do not fit the dataset.
+    FileNotFoundError: a named checkpoint does not exist.
+  """
+  c = config
+  if c.dataset is not None:
+    _checks.choice("dataset", c.dataset, _presets.PRESETS)
+  if not isinstance(c.out, (str, os.PathLike)) or not str(c.out):
+    raise ValueError(f"out must be a folder path; got {c.out!r}")
+  for name in ("data_dir", "generator", "classifier", "images", "attributes"):
+    _optional_path(name, getattr(c, name))
+  classes = _int_tuple("classes", c.classes, length=2)
+  if classes[0] == classes[1]:
+    raise ValueError(f"classes must be two different classes, e.g. (4, 9); got {classes}")
+  celeba = _data.CELEBA_ATTRIBUTE_NAMES
+  if not isinstance(c.target_attribute, str) or (c.dataset == "celeba"
+                                                 and c.target_attribute not in celeba):
+    raise ValueError(f"target_attribute must be one of CelebA's attributes {list(celeba)}; "
+                     f"got {c.target_attribute!r}")
+  if not isinstance(c.exclude_attributes, (tuple, list)) or not all(
+      isinstance(name, str) and (c.dataset != "celeba" or name in celeba)
+      for name in c.exclude_attributes):
+    raise ValueError(f"exclude_attributes must be attribute names"
+                     f"{' (CelebA: ' + str(list(celeba)) + ')' if c.dataset == 'celeba' else ''}"
+                     f"; got {c.exclude_attributes!r}")
+  _checks.number("max_attribute_correlation", c.max_attribute_correlation, low=0.0, high=1.0,
+                 low_open=True)
+  _checks.choice("explain_split", c.explain_split, ("train", "test", "all"))
+  _checks.integer("image_size", c.image_size, low=0, high=4096)
+  _checks.integer("latent_dim", c.latent_dim, low=0)
+  _int_tuple("vae_widths", c.vae_widths, low=1)
+  _int_tuple("classifier_widths", c.classifier_widths, low=1)
+  for name in ("vae_epochs", "classifier_epochs", "train_batch_size"):
+    _checks.integer(name, getattr(c, name), low=0)
+  _checks.number("threshold", c.threshold, low=0.0, high=1.0, low_open=True, high_open=True)
+  _checks.number("step_size", c.step_size, low=0.0, low_open=True)
+  _checks.integer("max_steps", c.max_steps, low=0)
+  _checks.choice("objective", c.objective, _loop.OBJECTIVES)
+  _checks.choice("optimizer", c.optimizer, ("ascent", "adam"))
+  _checks.number("learning_rate", c.learning_rate, low=0.0, low_open=True)
+  _checks.choice("precision", c.precision, ("float32", "bfloat16"))
+  pool_size = _checks.integer("pool_size", c.pool_size, low=1)
+  if pool_size < jax.local_device_count():
+    raise ValueError(f"pool_size ({pool_size}) must be at least the number of local devices "
+                     f"({jax.local_device_count()}) the attack's pool is split over")
+  _checks.integer("inversion_starts", c.inversion_starts, low=1, high=1024)
+  _checks.integer("inversion_steps", c.inversion_steps, low=0)
+  _checks.number("inversion_step_size", c.inversion_step_size, low=0.0, low_open=True)
+  _checks.number("inversion_prior_weight", c.inversion_prior_weight, low=0.0)
+  _checks.number("max_inversion_error", c.max_inversion_error, low=0.0)
+  _checks.integer("chunk_size", c.chunk_size, low=1)
+  _checks.number("probe_c", c.probe_c, low=0.0, low_open=True)
+  if c.probe_class_weight not in (None, "balanced"):
+    raise ValueError(f"probe_class_weight must be None or 'balanced'; got {c.probe_class_weight!r}")
+  if not isinstance(c.probe_standardize, (bool, np.bool_)):
+    raise ValueError(f"probe_standardize must be True or False; got {c.probe_standardize!r}")
+  _checks.number("probe_validation_fraction", c.probe_validation_fraction, low=0.0, high=1.0,
+                 low_open=True, high_open=True)
+  _checks.integer("num_bootstrap", c.num_bootstrap, low=0)
+  _checks.integer("num_figure_examples", c.num_figure_examples, low=0)
+  _checks.integer("seed", c.seed, low=0)
+  if c.dataset is not None:
+    _check_preset_checkpoints(c)
+
+
+def _checkpoint_config(path: str, kind: str) -> dict[str, Any]:
+  from cfajax import _checkpoint
+  info = _checkpoint.read_checkpoint_info(path)
+  if info["kind"] != kind:
+    raise ValueError(f"{path} holds a {info['kind']}, not a {kind}")
+  return info["config"]
+
+
+def _check_preset_checkpoints(config: ExplainConfig) -> None:
+  """Checks the checkpoints a preset will use (named, or already in out/models) fit it."""
+  shape = list(_recipes.image_shape(config.dataset, _presets.image_size(config)))
+  paths = {}
+  for kind, spec, folder in (("vae", config.generator, "vae"),
+                             ("classifier", config.classifier, "classifier")):
+    if spec is not None and _sources.is_import_string(spec):
+      continue  # a user's model, checked against the images once it is built
+    path = spec or os.path.join(config.out, "models", folder)
+    if spec is None and not os.path.exists(path):
+      continue  # trained by the recipe, which fits the dataset
+    model = _checkpoint_config(path, kind)
+    if list(model.get("image_shape", [])) != shape:
+      raise ValueError(f"the {kind} at {path} takes images of shape {model.get('image_shape')}; "
+                       f"{config.dataset} images are {shape}")
+    paths[kind] = path
+  if "classifier" in paths:
+    model = _checkpoint_config(paths["classifier"], "classifier")
+    names, count, where = tuple(model.get("output_names", ())), model.get("num_outputs"), \
+        f" at {paths['classifier']}"
+  elif config.classifier is not None:
+    return
+  else:  # the recipe's classifier
+    recipe_config = _recipes.classifier_config(
+        config.dataset, shape, attributes=(config.target_attribute,)
+        if config.dataset == "celeba" else None)
+    names, count, where = recipe_config.output_names, recipe_config.num_outputs, ""
+  if config.dataset == "celeba":
+    if config.target_attribute not in names:
+      raise ValueError(f"the classifier{where} predicts {list(names)}, not the CelebA "
+                       f"attribute {config.target_attribute!r}")
+  elif count != 1 and max(config.classes) >= count:
+    raise ValueError(f"classes {tuple(config.classes)} do not exist in the classifier{where}, "
+                     f"which has {count} classes (0 to {count - 1})")

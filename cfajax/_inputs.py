@@ -1,0 +1,162 @@
+"""What an explanation runs on: the user's inputs (or a preset's), checked against each other.
+
+`custom_inputs` reads the user's images, attribute tables and models; `check_contract` checks
+the models against the images before any of them runs; `latents_of` encodes
+images, or inverts them for a generator without an encoder, and
+`badly_inverted` says which inversions are too poor to explain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from cfajax import _data
+from cfajax import _sources
+from cfajax._attribute_tables import AttributeTable
+from cfajax._attribute_tables import as_attribute_table
+from cfajax._batching import apply_batched
+from cfajax._inversion import invert
+
+# Inputs that may be given as Python objects instead of strings.
+OBJECT_INPUTS = ("classifier", "generator", "images", "attributes")
+
+
+@dataclasses.dataclass
+class Inputs:
+  """Everything an explanation runs on, however it was given.
+
+  Attributes:
+    classifier: images (B, H, W, C) -> logits (B, K).
+    generator: the generator object (or a bare decode callable).
+    data: the images to explain, an `ImageDataset`.
+    attributes: the table the probes are fitted on.
+    validation: the table they are checked on (None: hold out part of
+      `attributes`).
+    decision: what a binary classifier decides, in words.
+    info: how each part was obtained, for the summary.
+  """
+
+  classifier: Any
+  generator: Any
+  data: Any
+  attributes: AttributeTable
+  validation: AttributeTable | None
+  decision: str
+  info: dict[str, Any]
+
+
+def custom_inputs(config, objects, validation, progress: bool) -> Inputs:
+  """Inputs from the user's objects and strings (no preset)."""
+  info = {}
+  models = {}
+  for kind in ("classifier", "generator"):
+    if objects[kind] is not None:
+      models[kind], info[kind] = objects[kind], {"source": _sources.describe(objects[kind])}
+    else:
+      spec = getattr(config, kind)
+      models[kind] = _sources.load_model_spec(spec, kind)
+      info[kind] = {"source": spec}
+  images = objects["images"] if objects["images"] is not None else config.images
+  data = _data.as_image_dataset(images, image_size=config.image_size or None, progress=progress)
+  table = objects["attributes"] if objects["attributes"] is not None else config.attributes
+  table = as_attribute_table(table, image_size=config.image_size or None, progress=progress)
+  if config.exclude_attributes:
+    unknown = [n for n in config.exclude_attributes if n not in table.names]
+    if unknown:
+      raise ValueError(f"exclude_attributes {unknown} are not in {table.name}: {list(table.names)}")
+    table = table.columns([i for i, n in enumerate(table.names)
+                           if n not in config.exclude_attributes])
+  if validation is not None:
+    validation = as_attribute_table(validation, image_size=config.image_size or None)
+    validation = validation.columns([validation.names.index(n) for n in table.names])
+  return Inputs(classifier=models["classifier"], generator=models["generator"],
+                         data=data, attributes=table, validation=validation,
+                         decision="the classifier", info=info)
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+  image_shape: tuple[int, ...]
+  latent_dim: int
+  num_logits: int
+
+
+def check_contract(config, inputs: Inputs,
+                    parts: _sources.GeneratorParts) -> Contract:
+  """Checks the models against the images and each other before any of them runs.
+
+  Raises:
+    ValueError: a classifier whose output is not (n, K), a generator whose
+      images do not have the images' shape, a latent size that cannot be
+      found, or an attribute table of another shape.
+  """
+  shape = tuple(inputs.data.image_shape)
+  example = jax.ShapeDtypeStruct((2, *shape), np.float32)
+  logits = _sources.output_shape(inputs.classifier, example, "the classifier")
+  if len(logits) != 2 or logits[0] != 2:
+    raise ValueError(f"the classifier must map images (n, {', '.join(map(str, shape))}) to "
+                     f"logits (n, K); for n = 2 it gave shape {logits}")
+  if parts.encode is not None:
+    z = _sources.output_shape(parts.encode, example, "the generator's encode")
+    if len(z) != 2 or z[0] != 2:
+      raise ValueError(f"the generator's encode must map images to latents (n, d); for n = 2 it "
+                       f"gave shape {z}")
+    latent_dim = z[1]
+  elif config.latent_dim or parts.latent_dim:
+    latent_dim = config.latent_dim or parts.latent_dim
+  else:
+    raise ValueError("the generator has no encode, so its latents are found by inversion, "
+                     "which needs the latent size: pass latent_dim")
+  decoded = _sources.output_shape(parts.decode, jax.ShapeDtypeStruct((2, latent_dim), np.float32),
+                                  "the generator's decode")
+  if decoded != (2, *shape):
+    raise ValueError(f"the generator's decode maps latents (2, {latent_dim}) to images "
+                     f"{decoded}; the images to explain are (n, {', '.join(map(str, shape))})")
+  for table in filter(None, (inputs.attributes, inputs.validation)):
+    if table.images is not None and tuple(table.images.shape[1:]) != shape:
+      raise ValueError(f"{table.name} has images of shape {table.images.shape[1:]}; the images "
+                       f"to explain are {shape}")
+    if table.latents is not None and table.latents.shape[1] != latent_dim:
+      raise ValueError(f"{table.name} has latents of size {table.latents.shape[1]}; the "
+                       f"generator's are {latent_dim}")
+  return Contract(shape, latent_dim, logits[1])
+
+
+def latents_of(config, parts: _sources.GeneratorParts, contract: Contract,
+                images: np.ndarray, what: str, progress: bool, log):
+  """Latents of `images`: the encoder's, or found by inversion (with each one's error)."""
+  if parts.encode is not None:
+    return apply_batched(parts.encode, images), None
+  log(f"inverting {len(images)} {what} (the generator has no encoder)")
+  result = invert(parts.decode, images, latent_dim=contract.latent_dim,
+                  starts=config.inversion_starts, max_steps=config.inversion_steps,
+                  step_size=config.inversion_step_size,
+                  prior_weight=config.inversion_prior_weight, seed=config.seed,
+                  batch_size=config.pool_size, progress=progress)
+  return np.asarray(result.z), np.asarray(result.pixel_mse)
+
+
+def badly_inverted(config, errors: np.ndarray) -> tuple[np.ndarray, float]:
+  """Which inversions to leave out, and the error threshold that decided it."""
+  if config.max_inversion_error:
+    threshold = float(config.max_inversion_error)
+  else:
+    q1, q3 = np.percentile(errors, [25, 75]) if errors.size else (0.0, 0.0)
+    threshold = float(q3 + 3 * (q3 - q1))
+  return ~(errors <= threshold), threshold
+
+
+def table_latents(config, parts, contract, table: AttributeTable, progress, log):
+  """(latents, labels) of a table; badly inverted images are dropped."""
+  if table.latents is not None:
+    return table.latents, table.values, 0
+  z, errors = latents_of(config, parts, contract, table.images, f"images of {table.name}",
+                          progress, log)
+  if errors is None:
+    return z, table.values, 0
+  bad, _ = badly_inverted(config, errors)
+  return z[~bad], table.values[~bad], int(bad.sum())

@@ -1,0 +1,123 @@
+"""Presets of the explanation: the datasets cfajax knows by name, as ordinary inputs.
+
+A preset (digits, MNIST, CelebA) supplies what a user would otherwise hand
+to `explain`: the images to explain, a generator and a classifier (restored
+from `out/models`, or trained there by the dataset's recipe), and attribute
+tables for the probes (CelebA's labels, or the digits' morphometric
+descriptors). Whatever the user passes instead (a classifier, a generator, an
+attribute table) replaces the preset's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from cfajax import _checkpoint
+from cfajax import _models
+from cfajax import _recipes
+from cfajax._attribute_tables import AttributeTable
+from cfajax._attribute_tables import descriptor_tables
+from cfajax._attribute_tables import select_probe_attributes
+from cfajax._inputs import Inputs
+
+PRESETS = tuple(_recipes.RECIPES)
+CELEBA_IMAGE_SIZE = 64
+
+
+def image_size(config) -> int:
+  return config.image_size or CELEBA_IMAGE_SIZE
+
+
+def explained_split(config, train, test):
+  """The examples to explain: one split, or both (train first)."""
+  if config.explain_split == "train":
+    return train
+  if config.explain_split == "test":
+    return test
+  join = lambda a, b: None if a is None or b is None else np.concatenate([a, b])
+  base = train.name.split("[")[0].split("/")[0]
+  return dataclasses.replace(
+      train, images=np.concatenate([train.images, test.images]),
+      labels=join(train.labels, test.labels), attributes=join(train.attributes, test.attributes),
+      ids=join(train.ids, test.ids), files=join(train.files, test.files),
+      name=f"{base} (train and test)")
+
+
+def _restore_or_train(kind, path, config, train, test, progress, log):
+  """Loads the checkpoint at `path`; trains one by the recipe and saves it there if none exists."""
+  if os.path.exists(path):
+    return _checkpoint.load_model(path), {"checkpoint": path, "trained_now": False}
+  log(f"training the {kind} ({path} does not exist yet)")
+  options = dict(seed=config.seed, batch_size=config.train_batch_size or None, progress=progress)
+  if kind == "VAE":
+    model, history, info = _recipes.train_model(
+        "vae", config.dataset, train, test, epochs=config.vae_epochs or None,
+        latent_dim=config.latent_dim or None, widths=config.vae_widths or None, **options)
+  else:
+    model, history, info = _recipes.train_model(
+        "classifier", config.dataset, train, test, epochs=config.classifier_epochs or None,
+        widths=config.classifier_widths or None,
+        attributes=(config.target_attribute,) if config.dataset == "celeba" else None, **options)
+  _checkpoint.save_model(path, model, metrics={"history": history, "dataset": config.dataset,
+                                               **info})
+  return model, {"checkpoint": path, "trained_now": True, "final_epoch": history[-1]}
+
+
+def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
+                  progress: bool = True, log=print) -> Inputs:
+  """The inputs of `config.dataset`'s preset, with any part the user gave kept.
+
+  Args:
+    config: the run's `ExplainConfig` (a preset in `dataset`).
+    classifier, generator: models given by the user (objects), or None for
+      the preset's: `config.classifier` / `config.generator` checkpoints, else
+      `out/models/...`, trained by the recipe if absent.
+    attributes: a table given by the user, or None for the preset's.
+  """
+  train, test = _recipes.load_train_test(config.dataset, config.data_dir,
+                                         image_size=image_size(config), progress=progress,
+                                         log=log)
+  if config.dataset == "celeba" and config.target_attribute not in train.attribute_names:
+    raise ValueError(f"{train.name} has no attribute {config.target_attribute!r}; it has "
+                     f"{list(train.attribute_names)}")
+  info = {}
+  models = {}
+  for kind, given, spec, folder in (("VAE", generator, config.generator, "vae"),
+                                    ("classifier", classifier, config.classifier, "classifier")):
+    if given is not None:
+      models[kind], info[kind] = given, {"source": "given"}
+    elif spec:
+      from cfajax import _sources
+      models[kind] = _sources.load_model_spec(spec, kind)
+      info[kind] = {"checkpoint": spec, "trained_now": False}
+    else:
+      models[kind], info[kind] = _restore_or_train(
+          kind, os.path.join(config.out, "models", folder), config, train, test, progress, log)
+    if isinstance(models[kind], (_models.ConvVAE, _models.Classifier)):
+      info[kind]["weights_sha256"] = _checkpoint.weights_digest(models[kind])
+  model = models["classifier"]
+  decision = "the classifier"
+  if config.dataset == "celeba":
+    decision = config.target_attribute
+    if isinstance(model, _models.Classifier):
+      model = _models.select_output(model, config.target_attribute)
+
+  if attributes is not None:
+    table, validation, extra = attributes, None, {}
+  elif config.dataset == "celeba":
+    keep, excluded = select_probe_attributes(
+        train.attribute_names, train.attributes, (config.target_attribute,),
+        exclude=config.exclude_attributes, max_correlation=config.max_attribute_correlation)
+    table = AttributeTable.from_dataset(train).columns(keep)
+    validation = AttributeTable.from_dataset(test).columns(keep)
+    extra = {"excluded_attributes": excluded}
+  else:
+    (table, validation), thresholds = descriptor_tables(train, test)
+    extra = {"descriptor_thresholds": thresholds}
+  info = {"generator": info["VAE"], "classifier": info["classifier"], **extra}
+  return Inputs(classifier=model, generator=models["VAE"],
+                data=explained_split(config, train, test), attributes=table,
+                validation=validation, decision=decision, info=info)

@@ -1,0 +1,124 @@
+"""Models from what a user hands in: callables, cfajax checkpoints or import strings.
+
+A classifier is any JAX callable `images (B, H, W, C) -> logits (B, K)`: an
+`nnx.Module`, `jax.tree_util.Partial(linen_model.apply, params)`, an Equinox
+module, a plain function. A generator is anything with `decode` (and, when it
+has one, `encode`), or a bare decode callable. Either may also be named by a
+string: the folder of a cfajax checkpoint, or `package.module:factory`, whose
+factory is called with no arguments and returns the model (the way ASGI
+servers name an app).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from cfajax import _hashing
+from cfajax._callables import as_pure_callable
+
+_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_import_string(spec) -> bool:
+  return isinstance(spec, str) and bool(_IMPORT_STRING.match(spec)) and not os.path.exists(spec)
+
+
+def load_model_spec(spec, what: str):
+  """The model a string names: a cfajax checkpoint folder, or `module:factory`.
+
+  Raises:
+    ValueError: an import string whose module or factory does not import,
+      or whose factory fails.
+    FileNotFoundError: a path that does not exist.
+  """
+  if is_import_string(spec):
+    module_name, _, attribute = spec.partition(":")
+    try:
+      module = importlib.import_module(module_name)
+    except ImportError as e:
+      raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e})") from e
+    target = module
+    for part in attribute.split("."):
+      if not hasattr(target, part):
+        raise ValueError(f"{what} {spec!r}: module {module_name!r} has no {attribute!r}")
+      target = getattr(target, part)
+    if not callable(target):
+      raise ValueError(f"{what} {spec!r}: {attribute} is not a factory (not callable)")
+    try:
+      return target()
+    except Exception as e:
+      raise ValueError(f"{what} {spec!r}: the factory failed ({type(e).__name__}: {e})") from e
+  from cfajax._checkpoint import load_model
+  path = Path(spec)
+  if not path.exists():
+    raise FileNotFoundError(f"{what} {spec!r}: no checkpoint folder there, and not an import "
+                            "string of the form package.module:factory")
+  return load_model(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorParts:
+  """A generator's decode, its encode when it has one, and its latent size when known."""
+
+  decode: Callable
+  encode: Callable | None
+  latent_dim: int | None
+
+
+def generator_parts(generator) -> GeneratorParts:
+  """Splits a generator object (or a bare decode callable) into its parts."""
+  decode = getattr(generator, "decode", None)
+  if decode is None:
+    if not callable(generator):
+      raise ValueError(f"a generator needs a decode method or must be a callable decode; got "
+                       f"{type(generator).__name__}")
+    decode = generator
+  encode = getattr(generator, "encode", None)
+  latent_dim = getattr(generator, "latent_dim", None)
+  config = getattr(generator, "config", None)
+  if latent_dim is None and config is not None:
+    latent_dim = getattr(config, "latent_dim", None)
+  return GeneratorParts(decode, encode, None if latent_dim is None else int(latent_dim))
+
+
+def callable_digest(fn, example: jax.ShapeDtypeStruct) -> str:
+  """SHA-256 of what a model computes: its program on `example` and all its arrays.
+
+  Two models with the same architecture and weights get the same digest in
+  any process; a change of weights, closed-over constants or code changes
+  it. (The program's text is that of this JAX version.)
+  """
+  pure = as_pure_callable(fn)
+  closed = jax.make_jaxpr(lambda f, x: f(x))(pure, example)
+  text = re.sub(r"0x[0-9a-f]+", "0x", str(closed.jaxpr))
+  arrays = [c for c in closed.consts if hasattr(c, "dtype")]
+  return _hashing.digest_json([text, _hashing.digest_tree(jax.tree_util.tree_leaves(pure)),
+                               _hashing.digest_tree(arrays)])
+
+
+def output_shape(fn, example: jax.ShapeDtypeStruct, what: str) -> tuple[int, ...]:
+  """The shape `fn` gives for `example`, or a ValueError naming `what` failed."""
+  try:
+    out = jax.eval_shape(as_pure_callable(fn), example)
+  except Exception as e:
+    raise ValueError(f"{what} failed on inputs of shape {example.shape} "
+                     f"{jnp.dtype(example.dtype).name}: {type(e).__name__}: {e}") from e
+  if not hasattr(out, "shape"):
+    raise ValueError(f"{what} returned {type(out).__name__}, not an array, for inputs of shape "
+                     f"{example.shape}")
+  return tuple(out.shape)
+
+
+def describe(spec: Any) -> str:
+  """How a model was given, for the summary."""
+  if isinstance(spec, (str, os.PathLike)):
+    return os.fspath(spec)
+  return f"<{type(spec).__name__} from Python>"

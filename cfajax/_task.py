@@ -1,0 +1,57 @@
+"""The decision being explained: a binary classifier's, or one pair of a multi-class one's.
+
+A one-logit classifier is binary: p = sigmoid(logit). A multi-class
+classifier is explained on the pair (a, b): p = p_b / (p_a + p_b), and only
+examples predicted a or b take part. Every example is attacked toward the
+other side of the decision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DecisionTask:
+  """Maps a classifier's (n, K) logits to the explained decision and each example's target."""
+
+  def __init__(self, num_logits: int, classes: tuple[int, int], name: str = "the classifier"):
+    self.binary = num_logits == 1
+    self.classes = tuple(classes)
+    self.name = name
+    if not self.binary and max(self.classes) >= num_logits:
+      raise ValueError(f"classes {self.classes} do not exist in a classifier with {num_logits} "
+                       f"logits (classes 0 to {num_logits - 1})")
+
+  def positive_prob(self, logits: np.ndarray) -> np.ndarray:
+    """(n,) float64 probability of the positive side: class b of the pair, or p."""
+    logits = np.asarray(logits, np.float64)
+    if self.binary:
+      return 1 / (1 + np.exp(-logits[:, 0]))
+    a, b = self.classes
+    return 1 / (1 + np.exp(logits[:, a] - logits[:, b]))
+
+  def selected(self, logits: np.ndarray) -> np.ndarray:
+    """(n,) bool: the examples whose decision is explained."""
+    if self.binary:
+      return np.ones(len(logits), bool)
+    return np.isin(np.argmax(logits, axis=1), self.classes)
+
+  def target(self, logits: np.ndarray) -> np.ndarray:
+    """Flip the decision: the other side of p = 0.5, or the other class of the pair."""
+    positive = self.positive_prob(logits) >= 0.5
+    if self.binary:
+      return np.where(positive, 0, 1).astype(np.int32)
+    a, b = self.classes
+    return np.where(positive, a, b).astype(np.int32)
+
+  def describe(self) -> str:
+    if self.binary:
+      return f"{self.name} (binary classifier)"
+    return f"class {self.classes[0]} vs {self.classes[1]}"
+
+  def positive_side(self) -> str:
+    """What p measures, in words, for summaries and figures."""
+    if self.binary:
+      return f"p = probability that {self.name} holds (sigmoid of the logit)"
+    a, b = self.classes
+    return f"p = p({b}) / (p({a}) + p({b})): class {b} is the positive side"
