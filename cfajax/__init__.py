@@ -27,17 +27,21 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   ConvVAE(config, rngs=)            .encode .encode_stats .decode .reconstruct .loss
   Classifier(config, rngs=)         .__call__ -> logits  .probabilities .predict .loss
   VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
-  build_model(kind, config, seed=0) -> ConvVAE | Classifier
+  ConvGAN(config, rngs=)            .decode .discriminate  (no encoder: latents by invert)
+  GANConfig
+  build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN
 
 Training and evaluation
   train_vae(vae, train, test=None, **options) -> (vae, history)
   train_classifier(classifier, train, test=None, **options) -> (classifier, history)
+  train_gan(gan, train, test=None, **options) -> (gan, history)   non-saturating + R1
+  evaluate_gan(gan, data) -> dict (discriminator on real/fake, inversion error)
   evaluate_vae(vae, data) -> dict;  evaluate_classifier(classifier, dataset) -> dict
   reconstruct(generator, images) -> np.ndarray
 
 Checkpoints (orbax weights + JSON config)
   save_model(path, model, metrics=None) -> Path
-  load_model(path) -> ConvVAE | Classifier   verified against the checksums it records
+  load_model(path) -> ConvVAE | Classifier | ConvGAN   verified against the checksums it records
   read_checkpoint_info(path) -> dict
 
 Data (float32 NHWC images in [0, 1])
@@ -100,7 +104,9 @@ from cfajax._loop import AttackResult
 from cfajax._loop import Status
 from cfajax._models import Classifier
 from cfajax._models import ClassifierConfig
+from cfajax._models import ConvGAN
 from cfajax._models import ConvVAE
+from cfajax._models import GANConfig
 from cfajax._models import Generator
 from cfajax._models import VAEConfig
 from cfajax._models import build_model
@@ -109,9 +115,11 @@ from cfajax._probes import Probes
 from cfajax._probes import fit_probes
 from cfajax._scheduler import local_mesh
 from cfajax._train import evaluate_classifier
+from cfajax._train import evaluate_gan
 from cfajax._train import evaluate_vae
 from cfajax._train import reconstruct
 from cfajax._train import train_classifier
+from cfajax._train import train_gan
 from cfajax._train import train_vae
 
 __version__ = "0.1.0"
@@ -134,15 +142,19 @@ __all__ = [
     # models
     "Classifier",
     "ClassifierConfig",
+    "ConvGAN",
     "ConvVAE",
+    "GANConfig",
     "Generator",
     "VAEConfig",
     "build_model",
     # training
     "evaluate_classifier",
+    "evaluate_gan",
     "evaluate_vae",
     "reconstruct",
     "train_classifier",
+    "train_gan",
     "train_vae",
     # checkpoints
     "load_model",

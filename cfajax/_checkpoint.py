@@ -3,7 +3,7 @@
 A checkpoint is a folder:
 
     <path>/cfajax.json   {"format": "cfajax-model", "format_version": 2,
-                          "kind": "vae" | "classifier", "config": {...},
+                          "kind": "vae" | "gan" | "classifier", "config": {...},
                           "metrics": ... (optional), "cfajax_version": ...,
                           "files": {"state/...": {"size", "sha256"}, ...},
                           "weights_sha256": ...}
@@ -69,7 +69,7 @@ def _original_keys(template, restored, where: str = ""):
 
 
 def save_model(path, model: nnx.Module, *, metrics: Any = None) -> Path:
-  """Writes `model` (a `ConvVAE` or `Classifier`) to the folder `path`.
+  """Writes `model` (a `ConvVAE`, `ConvGAN` or `Classifier`) to the folder `path`.
 
   An existing checkpoint at `path` is replaced. The new one is complete before
   it takes the name: an interrupted save leaves the old checkpoint (or none)
@@ -196,7 +196,7 @@ def verify_files(path, meta: dict[str, Any]) -> None:
 
 
 def load_model(path) -> nnx.Module:
-  """Rebuilds a `ConvVAE` or `Classifier` from a checkpoint folder.
+  """Rebuilds a `ConvVAE`, `ConvGAN` or `Classifier` from a checkpoint folder.
 
   The weights are restored as host arrays whatever device wrote them and
   then placed on JAX's default device.

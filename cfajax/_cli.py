@@ -151,21 +151,23 @@ def main(argv: list[str] | None = None) -> int:
 def _add_train_parser(commands) -> None:
   """Adds `cfajax train vae|classifier` to the subcommands."""
   train = commands.add_parser(
-      "train", help="train a VAE or a classifier (or the oracle) and save a checkpoint",
+      "train", help="train a VAE, a GAN or a classifier (or the oracle) and save a checkpoint",
       description="Train a model on MNIST, CelebA or scikit-learn's digits and save it with "
       "orbax. Classifiers learn from the first half of the training split and oracles "
       "(--oracle) from the second half, so that the oracle never saw the classifier's data.")
-  train.add_argument("model", choices=("vae", "classifier"))
+  train.add_argument("model", choices=("vae", "classifier", "gan"))
   train.add_argument("--dataset", choices=sorted(RECIPES), required=True)
   train.add_argument("--data-dir", help="folder with the dataset's files (or holding mnist/ or "
                      "celeba/); default $CFAJAX_DATA_DIR, else tensorflow-datasets")
   train.add_argument("--out", required=True, help="checkpoint folder to write (replaced if present)")
   train.add_argument("--epochs", type=int)
   train.add_argument("--batch-size", type=int)
-  train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+  train.add_argument("--lr", type=float,
+                     help="peak learning rate (default 1e-3; a GAN's: 2e-4, constant)")
+  train.add_argument("--r1", type=float, help="a GAN's R1 penalty weight (default: the recipe's)")
   train.add_argument("--weight-decay", type=float, default=0.0)
   train.add_argument("--seed", type=int, help="default 0, or 1 with --oracle")
-  train.add_argument("--latent-dim", type=int, help="VAE latent size")
+  train.add_argument("--latent-dim", type=int, help="VAE or GAN latent size")
   train.add_argument("--beta", type=float, help="VAE KL weight (default: the dataset's recipe)")
   train.add_argument("--widths", help="comma-separated channel widths, e.g. 32,64")
   train.add_argument("--depth", type=int, help="classifier convolutions per stage")
@@ -220,7 +222,8 @@ def _run_train(args) -> int:
       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
       weight_decay=args.weight_decay, latent_dim=args.latent_dim, beta=args.beta,
       widths=_int_list(args.widths), depth=args.depth, dense_width=args.dense_width,
-      attributes=attributes, progress=not args.no_progress, on_epoch=_print_epoch)
+      attributes=attributes, r1_gamma=args.r1, progress=not args.no_progress,
+      on_epoch=_print_epoch)
   seconds = time.perf_counter() - start
 
   record = {"history": history, "dataset": args.dataset, **info, "test": test.name,

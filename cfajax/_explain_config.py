@@ -236,8 +236,9 @@ def check_config(config: ExplainConfig) -> None:
 def _checkpoint_config(path: str, kind: str) -> dict[str, Any]:
   from cfajax import _checkpoint
   info = _checkpoint.read_checkpoint_info(path)
-  if info["kind"] != kind:
-    raise ValueError(f"{path} holds a {info['kind']}, not a {kind}")
+  kinds = ("vae", "gan") if kind == "vae" else (kind,)  # any generator
+  if info["kind"] not in kinds:
+    raise ValueError(f"{path} holds a {info['kind']}, not a {' or a '.join(kinds)}")
   return info["config"]
 
 

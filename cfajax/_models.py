@@ -165,6 +165,26 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, (h + 1) // 2, 2, (w + 1) // 2, 2, c).max(axis=(2, 4))
 
 
+def _subpixel_decoder(latent_dim: int, widths, channels: int, flat: int, rngs):
+  """The layers of a sub-pixel convolutional decoder (shared by the VAE and the GAN)."""
+  outs = tuple(widths[-2::-1]) + (channels,)
+  return (nnx.Linear(latent_dim, flat, rngs=rngs),
+          nnx.data([nnx.Conv(i, 4 * o, (3, 3), rngs=rngs) for i, o in zip(widths[::-1], outs)]))
+
+
+def _subpixel_decode(from_latent, decoder, heights, widths_px, last_width, z):
+  """Latents (B, d) -> logits (B, H, W, C): a dense layer to the smallest map, then per
+  level a 3x3 convolution to four times the channels and depth-to-space, cropped
+  where a size was odd."""
+  h = nnx.silu(from_latent(z))
+  h = h.reshape(z.shape[0], heights[-1], widths_px[-1], last_width)
+  for level, conv in zip(range(len(decoder) - 1, -1, -1), decoder):
+    h = _depth_to_space(conv(h))[:, :heights[level], :widths_px[level]]
+    if level > 0:
+      h = nnx.silu(h)
+  return h
+
+
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mean, exp(logvar)) || N(0, I)) summed over the last axis, in closed form.
 
@@ -206,10 +226,8 @@ class ConvVAE(nnx.Module):
     flat = self.heights[-1] * self.widths_px[-1] * widths[-1]
     self.to_mean = nnx.Linear(flat, config.latent_dim, rngs=rngs)
     self.to_logvar = nnx.Linear(flat, config.latent_dim, rngs=rngs)
-    self.from_latent = nnx.Linear(config.latent_dim, flat, rngs=rngs)
-    outs = widths[-2::-1] + (channels,)
-    self.decoder = nnx.data([nnx.Conv(i, 4 * o, (3, 3), rngs=rngs)
-                             for i, o in zip(widths[::-1], outs)])
+    self.from_latent, self.decoder = _subpixel_decoder(config.latent_dim, widths, channels,
+                                                       flat, rngs)
 
   def encode_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Images (B, H, W, C) in [0, 1] -> (mean, logvar), each (B, d)."""
@@ -225,13 +243,8 @@ class ConvVAE(nnx.Module):
 
   def decode_logits(self, z: jax.Array) -> jax.Array:
     """Latents (B, d) -> per-pixel logits (B, H, W, C)."""
-    h = nnx.silu(self.from_latent(z))
-    h = h.reshape(z.shape[0], self.heights[-1], self.widths_px[-1], self.config.widths[-1])
-    for level, conv in zip(range(len(self.decoder) - 1, -1, -1), self.decoder):
-      h = _depth_to_space(conv(h))[:, :self.heights[level], :self.widths_px[level]]
-      if level > 0:
-        h = nnx.silu(h)
-    return h
+    return _subpixel_decode(self.from_latent, self.decoder, self.heights, self.widths_px,
+                            self.config.widths[-1], z)
 
   def decode(self, z: jax.Array) -> jax.Array:
     """Latents (B, d) -> images (B, H, W, C) in [0, 1]."""
@@ -355,6 +368,95 @@ class Classifier(nnx.Module):
                   "accuracy_per_output": per_output}
 
 
+@dataclasses.dataclass(frozen=True)
+class GANConfig(_Config):
+  """Architecture of a `ConvGAN`.
+
+  Attributes:
+    image_shape: (H, W, C) of the images.
+    latent_dim: size d of the latent; the prior is N(0, I).
+    widths: the generator's channels per level, as a VAE decoder's
+      (`VAEConfig.widths`), and the discriminator's stride-2 convolutions.
+  """
+
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  latent_dim: int = 32
+  widths: tuple[int, ...] = (32, 64)
+
+  def __post_init__(self):
+    object.__setattr__(self, "image_shape", _check_image_shape(self.image_shape))
+    object.__setattr__(self, "widths", _check_widths(self.widths, "widths"))
+    if int(self.latent_dim) != self.latent_dim or self.latent_dim < 1:
+      raise ValueError(f"latent_dim must be a positive int; got {self.latent_dim}")
+
+
+class ConvGenerator(nnx.Module):
+  """A GAN's generator: the VAE's sub-pixel decoder, latents N(0, I) -> images in [0, 1]."""
+
+  def __init__(self, config: GANConfig, *, rngs: nnx.Rngs):
+    height, width, channels = config.image_shape
+    self.heights = tuple(_halvings(height, len(config.widths)))
+    self.widths_px = tuple(_halvings(width, len(config.widths)))
+    self.last_width = config.widths[-1]
+    flat = self.heights[-1] * self.widths_px[-1] * config.widths[-1]
+    self.from_latent, self.decoder = _subpixel_decoder(config.latent_dim, config.widths,
+                                                       channels, flat, rngs)
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(_subpixel_decode(self.from_latent, self.decoder, self.heights,
+                                           self.widths_px, self.last_width, z))
+
+
+class ConvDiscriminator(nnx.Module):
+  """Stride-2 4x4 convolutions with leaky ReLUs, then one real-vs-generated logit."""
+
+  def __init__(self, config: GANConfig, *, rngs: nnx.Rngs):
+    height, width, channels = config.image_shape
+    ins = (channels,) + config.widths[:-1]
+    self.convs = nnx.data([nnx.Conv(i, o, (4, 4), strides=2, rngs=rngs)
+                           for i, o in zip(ins, config.widths)])
+    flat = (_halvings(height, len(config.widths))[-1] * _halvings(width, len(config.widths))[-1]
+            * config.widths[-1])
+    self.out = nnx.Linear(flat, 1, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Images (B, H, W, C) -> (B,) logits of "real"."""
+    h = x
+    for conv in self.convs:
+      h = nnx.leaky_relu(conv(h), 0.2)
+    return self.out(h.reshape(h.shape[0], -1))[:, 0]
+
+
+class ConvGAN(nnx.Module):
+  """A DCGAN-style generator and discriminator; a generator without an encoder.
+
+  `decode(z)` draws images from latents, as a VAE's does, so a `ConvGAN`
+  plugs into the attack and into `explain`, whose latents for real images
+  come from `invert`. Trained by `train_gan`.
+
+  Example:
+    >>> gan = ConvGAN(GANConfig(image_shape=(8, 8, 1), latent_dim=8), rngs=nnx.Rngs(0))
+    >>> images = gan.decode(jax.random.normal(jax.random.key(0), (4, 8)))   # (4, 8, 8, 1)
+  """
+
+  def __init__(self, config: GANConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.generator = ConvGenerator(config, rngs=rngs)
+    self.discriminator = ConvDiscriminator(config, rngs=rngs)
+
+  @property
+  def latent_dim(self) -> int:
+    return self.config.latent_dim
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """Latents (B, d) -> images (B, H, W, C) in [0, 1]."""
+    return self.generator(z)
+
+  def discriminate(self, x: jax.Array) -> jax.Array:
+    """Images (B, H, W, C) -> (B,) logits that each is real."""
+    return self.discriminator(x)
+
+
 class OneOutput(nnx.Module):
   """One sigmoid head of a multi-attribute classifier, as a (B, 1) classifier."""
 
@@ -384,8 +486,9 @@ def select_output(classifier: Classifier, attribute: str):
 
 
 def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
-  """Builds the model of `kind` ("vae" or "classifier") from its config."""
-  models = {"vae": (ConvVAE, VAEConfig), "classifier": (Classifier, ClassifierConfig)}
+  """Builds the model of `kind` ("vae", "classifier" or "gan") from its config."""
+  models = {"vae": (ConvVAE, VAEConfig), "classifier": (Classifier, ClassifierConfig),
+            "gan": (ConvGAN, GANConfig)}
   if kind not in models:
     raise ValueError(f"kind must be one of {sorted(models)}; got {kind!r}")
   module, config_type = models[kind]
@@ -397,9 +500,8 @@ def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
 
 
 def model_kind(model) -> str:
-  """"vae" or "classifier"."""
-  if isinstance(model, ConvVAE):
-    return "vae"
-  if isinstance(model, Classifier):
-    return "classifier"
-  raise TypeError(f"expected a ConvVAE or Classifier; got {type(model).__name__}")
+  """"vae", "classifier" or "gan"."""
+  for kind, cls in (("vae", ConvVAE), ("classifier", Classifier), ("gan", ConvGAN)):
+    if isinstance(model, cls):
+      return kind
+  raise TypeError(f"expected a ConvVAE, Classifier or ConvGAN; got {type(model).__name__}")

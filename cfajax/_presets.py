@@ -96,7 +96,7 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
     else:
       models[kind], info[kind] = _restore_or_train(
           kind, os.path.join(config.out, "models", folder), config, train, test, progress, log)
-    if isinstance(models[kind], (_models.ConvVAE, _models.Classifier)):
+    if isinstance(models[kind], (_models.ConvVAE, _models.ConvGAN, _models.Classifier)):
       info[kind]["weights_sha256"] = _checkpoint.weights_digest(models[kind])
   model = models["classifier"]
   decision = "the classifier"

@@ -28,6 +28,8 @@ class Recipe:
     oracle_widths: the independent oracle's widths (depth 2, dense 256), a
       different architecture from the classifier it judges.
     vae_epochs, classifier_epochs, batch_size: training lengths.
+    gan_latent_dim, gan_widths, gan_epochs, gan_r1: the `GANConfig` and
+      `train_gan`'s length and R1 weight.
   """
 
   latent_dim: int
@@ -38,17 +40,26 @@ class Recipe:
   vae_epochs: int
   classifier_epochs: int
   batch_size: int
+  gan_latent_dim: int = 32
+  gan_widths: tuple[int, ...] = (32, 64)
+  gan_epochs: int = 10
+  gan_r1: float = 1.0
 
 
 RECIPES = {
     # beta < 1 keeps more of each 8x8 digit in the latent: a classifier agrees
     # with 93% of the VAE's reconstructions at 0.25 against 86% at 1.
-    "digits": Recipe(8, (32, 64), 0.25, (32, 64), (24, 48, 96), 60, 40, 128),
+    # The GAN: 60 epochs take 2.5 minutes on 2 CPU cores; its inversions of
+    # held-out digits reach a median pixel MSE of 0.021 (the VAE's encoder: 0.014).
+    "digits": Recipe(8, (32, 64), 0.25, (32, 64), (24, 48, 96), 60, 40, 128,
+                     gan_latent_dim=8, gan_widths=(32, 64), gan_epochs=60),
     # At beta 0.5 the classifier (99.0% on the test digits) agrees with 96.8%
     # of the VAE's test reconstructions (experiments/RESULTS.md, "Models").
-    "mnist": Recipe(16, (32, 64), 0.5, (32, 64), (24, 48, 96), 10, 5, 128),
+    "mnist": Recipe(16, (32, 64), 0.5, (32, 64), (24, 48, 96), 10, 5, 128,
+                    gan_latent_dim=32, gan_widths=(32, 64), gan_epochs=10),
     "celeba": Recipe(128, (32, 64, 128, 256), 1.0, (32, 64, 128, 256), (24, 48, 96, 192),
-                     20, 10, 64),
+                     20, 10, 64, gan_latent_dim=128, gan_widths=(32, 64, 128, 256),
+                     gan_epochs=20),
 }
 
 
@@ -133,7 +144,7 @@ def default_train_part(kind: str, oracle: bool = False) -> str:
   """A VAE learns from all of the training split, a classifier from its first
   half and the oracle from its second half, so the oracle never saw the
   classifier's examples."""
-  if kind == "vae":
+  if kind in ("vae", "gan"):
     return "all"
   return "second-half" if oracle else "first-half"
 
@@ -151,14 +162,14 @@ def train_part(dataset: _data.ImageDataset, part: str) -> _data.ImageDataset:
 
 def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
                 part: str | None = None, seed: int | None = None, epochs: int | None = None,
-                batch_size: int | None = None, learning_rate: float = 1e-3,
+                batch_size: int | None = None, learning_rate: float | None = None,
                 weight_decay: float = 0.0, latent_dim=None, beta=None, widths=None,
-                depth=None, dense_width=None, attributes=None, progress: bool = True,
-                on_epoch=None):
+                depth=None, dense_width=None, attributes=None, r1_gamma=None,
+                progress: bool = True, on_epoch=None):
   """Builds and trains a model by the dataset's recipe; any option overrides it.
 
   Args:
-    kind: "vae" or "classifier".
+    kind: "vae", "classifier" or "gan".
     dataset: the recipe's dataset name.
     train, test: the whole training split and the held-out set.
     oracle: the independent oracle classifier (another architecture; seed 1
@@ -166,7 +177,7 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
     part: which part of `train` to learn from (`default_train_part`).
     seed: initialises the weights and orders the batches (default 0, or 1
       for the oracle).
-    epochs, batch_size: default the recipe's.
+    epochs, batch_size: default the recipe's; learning_rate: 1e-3 (2e-4 for a GAN).
     others: as in `train_vae`/`train_classifier`, `vae_config` and
       `classifier_config`.
 
@@ -176,11 +187,26 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
   r = recipe(dataset)
   if oracle and kind != "classifier":
     raise ValueError("oracle applies to classifiers")
+  if kind == "gan":
+    data = train_part(train, part or default_train_part(kind))
+    seed = 0 if seed is None else seed
+    config = _models.GANConfig(data.image_shape, latent_dim=latent_dim or r.gan_latent_dim,
+                               widths=tuple(widths or r.gan_widths))
+    epochs = epochs or r.gan_epochs
+    model, history = _train.train_gan(
+        _models.build_model("gan", config, seed), data, test, epochs=epochs,
+        batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 2e-4,
+        r1_gamma=r.gan_r1 if r1_gamma is None else r1_gamma, seed=seed, progress=progress,
+        on_epoch=on_epoch)
+    info = {"train": data.name, "train_examples": len(data),
+            "train_part": part or default_train_part(kind), "seed": seed, "epochs": epochs,
+            "batch_size": batch_size or r.batch_size}
+    return model, history, info
   seed = (1 if oracle else 0) if seed is None else seed
   part = part or default_train_part(kind, oracle)
   data = train_part(train, part)
   options = dict(epochs=epochs or (r.vae_epochs if kind == "vae" else r.classifier_epochs),
-                 batch_size=batch_size or r.batch_size, learning_rate=learning_rate,
+                 batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 1e-3,
                  weight_decay=weight_decay, seed=seed, progress=progress, on_epoch=on_epoch)
   if kind == "vae":
     config = vae_config(dataset, data.image_shape, latent_dim=latent_dim, widths=widths, beta=beta)
