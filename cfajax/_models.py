@@ -321,15 +321,22 @@ class Classifier(nnx.Module):
     self.hidden = nnx.Linear(flat, config.dense_width, rngs=rngs)
     self.logits = nnx.Linear(config.dense_width, config.num_outputs, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Images (B, H, W, C) in [0, 1] -> logits (B, K)."""
+  def features(self, x: jax.Array) -> jax.Array:
+    """Images (B, H, W, C) in [0, 1] -> the penultimate layer (B, dense_width).
+
+    What `cfajax.metrics.frechet_distance` compares when this classifier is
+    an independent oracle (the role an Inception network plays in FID).
+    """
     h = x
     for i, conv in enumerate(self.convs):
       h = nnx.relu(conv(h))
       if (i + 1) % self.config.depth == 0:
         h = max_pool_2x2(h)
-    h = nnx.relu(self.hidden(h.reshape(h.shape[0], -1)))
-    return self.logits(h)
+    return nnx.relu(self.hidden(h.reshape(h.shape[0], -1)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Images (B, H, W, C) in [0, 1] -> logits (B, K)."""
+    return self.logits(self.features(x))
 
   def probabilities(self, x: jax.Array) -> jax.Array:
     """(B, K): softmax probabilities, or each attribute's sigmoid probability."""

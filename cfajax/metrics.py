@@ -35,6 +35,8 @@ from cfajax._loop import target_scores
 
 __all__ = [
     "counterfactual_report",
+    "feature_statistics",
+    "frechet_distance",
     "oracle_agreement",
     "pixel_attack",
     "pixel_counterfactuals",
@@ -221,6 +223,80 @@ def realism(generator, counterfactuals, real_images, *, success=None,
           "ratio": mean_cf / mean_real if mean_real > 0 else None,
           "outlier_rate": float((cf_error[judged] > cut).mean()) if judged.any() else float("nan"),
           "per_example": cf_error}
+
+
+@jax.jit
+def _flat_features(features, x):
+  return features(x).reshape(x.shape[0], -1)
+
+
+def feature_statistics(features: Callable, images, *,
+                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """The mean (F,) and covariance (F, F) of `features(images)`, in float64.
+
+  Args:
+    features: images (B, H, W, C) -> (B, F) or (B, ...) features (flattened),
+      e.g. an independent oracle's penultimate layer (`Classifier.features`).
+    images: (n, H, W, C), n >= 2.
+  """
+  images = _images("images", images)
+  if len(images) < 2:
+    raise ValueError(f"feature statistics need at least 2 images; got {len(images)}")
+  fn = as_pure_callable(features)
+  f = map_batches(lambda x: _flat_features(fn, x), [images], batch_size)
+  f = np.asarray(f, np.float64)
+  if not np.all(np.isfinite(f)):
+    raise ValueError("the features of some images are not finite")
+  return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+  values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+  return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def _frechet(mean_a, cov_a, mean_b, cov_b) -> float:
+  # tr sqrt(A B) = tr sqrt(A^1/2 B A^1/2), whose argument is symmetric PSD:
+  # its eigenvalues are real and >= 0 up to round-off, so no complex sqrtm.
+  root_a = _psd_sqrt(cov_a)
+  cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+  trace = np.trace(cov_a) + np.trace(cov_b) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None)))
+  return float(np.sum((mean_a - mean_b) ** 2) + trace)
+
+
+def frechet_distance(features: Callable, images, reference, *, success=None,
+                     batch_size: int = 256) -> dict[str, Any]:
+  """The Fréchet distance between two image sets in a network's feature space.
+
+  Each set's features are summarised by a Gaussian (mean m, covariance C), and
+  `d = |m1 - m2|^2 + tr(C1 + C2 - 2 (C1 C2)^1/2)`: FID (Heusel et al. 2017)
+  when the features are Inception's; here, typically, those of an oracle
+  trained in this project (`Classifier.features`), so the number is "Fréchet
+  distance in <that network>'s features", not an FID, and comparable only
+  between sets of equal size measured with the same network (the estimate is
+  biased upward for small sets). Compare against the distance between two
+  disjoint sets of real images of the same size, the floor of real data.
+
+  Args:
+    features: images -> (B, F) features.
+    images: (n, H, W, C), e.g. counterfactuals.
+    reference: (m, H, W, C), e.g. held-out real images.
+    success: optional (n,) bool; only those images are measured.
+
+  Returns:
+    `{"distance": d, "n": images measured, "n_reference": m}`.
+  """
+  images = _images("images", images)
+  if success is not None:
+    judged = np.asarray(success, bool)
+    _same_length(images=images, success=judged)
+    images = images[judged]
+  mean_a, cov_a = feature_statistics(features, images, batch_size=batch_size)
+  mean_b, cov_b = feature_statistics(features, reference, batch_size=batch_size)
+  if mean_a.shape != mean_b.shape:
+    raise ValueError(f"the two sets have {mean_a.shape[0]} and {mean_b.shape[0]} features")
+  return {"distance": _frechet(mean_a, cov_a, mean_b, cov_b), "n": len(images),
+          "n_reference": len(_images("reference", reference))}
 
 
 def pixel_attack(classify: Callable, images, target, **options) -> AttackResult:

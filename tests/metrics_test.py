@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import cfajax
 from cfajax import metrics
@@ -110,3 +111,72 @@ def test_bad_input_is_named():
     metrics.reconstruction_error(cfajax.Generator(encode, decode), np.zeros((3, 4)))
   with pytest.raises(ValueError, match="one length"):
     metrics.oracle_agreement(oracle, starts()[1], 1, success=np.ones(3, bool))
+
+
+def _flatten(x):
+  return x.reshape(x.shape[0], -1)
+
+
+def _dyadic_images(seed, n=300):
+  # Multiples of 1/8 in [0, 1] and their shifts by 1/4 are exact in float32, so
+  # the two sets' covariances agree up to float64 round-off.
+  return np.random.default_rng(seed).integers(0, 9, (n, 2, 2, 1)).astype(np.float32) / 8
+
+
+def test_frechet_distance_of_a_shift_is_its_squared_length():
+  x = _dyadic_images(0)
+  shifted = x + np.float32(0.25)
+  # Equal covariances leave only |m1 - m2|^2 = 4 features * 0.25^2. The trace
+  # term cancels up to float64 eigendecomposition round-off: ~F * eps * |C|,
+  # with F = 4 and |C| < 1 here, so 1e-12 leaves a margin of ~1e3.
+  d = metrics.frechet_distance(_flatten, shifted, x)
+  assert d["n"] == d["n_reference"] == 300
+  np.testing.assert_allclose(d["distance"], 0.25, rtol=0, atol=1e-12)
+  assert abs(metrics.frechet_distance(_flatten, x, x)["distance"]) < 1e-12
+
+
+def test_frechet_distance_matches_an_independent_formula():
+  scipy_linalg = pytest.importorskip("scipy.linalg")
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(400, 3, 1, 1)).astype(np.float32)
+  mixing = np.array([[2.0, 0.0, 0.0], [0.7, 0.5, 0.0], [-0.4, 0.3, 1.0]])
+  b = (rng.normal(size=(500, 3)) @ mixing + 0.3).astype(np.float32).reshape(500, 3, 1, 1)
+  fa, fb = (np.asarray(v, np.float64).reshape(len(v), -1) for v in (a, b))
+  ca, cb = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+  expected = (np.sum((fa.mean(0) - fb.mean(0)) ** 2)
+              + np.trace(ca + cb - 2 * np.real(scipy_linalg.sqrtm(ca @ cb))))
+  # Both are float64 evaluations of one formula on the same statistics; they
+  # differ by the round-off of two matrix square roots of well-conditioned 3x3
+  # matrices (~1e-15 relative), far inside 1e-9.
+  np.testing.assert_allclose(metrics.frechet_distance(_flatten, a, b)["distance"], expected,
+                             rtol=1e-9)
+
+
+def test_frechet_distance_measures_only_the_successful_images():
+  x = _dyadic_images(2)
+  mixed = np.concatenate([x, x + np.float32(0.25)])
+  success = np.r_[np.ones(len(x), bool), np.zeros(len(x), bool)]
+  d = metrics.frechet_distance(_flatten, mixed, x, success=success)
+  assert d["n"] == len(x) and abs(d["distance"]) < 1e-12
+
+
+def test_frechet_distance_with_an_oracle_separates_noise_from_real_images():
+  data = cfajax.load_digits()
+  oracle = cfajax.Classifier(cfajax.ClassifierConfig(image_shape=data.image_shape),
+                             rngs=nnx.Rngs(0))
+  real_a, real_b = data.images[:400], data.images[400:800]
+  noise = np.random.default_rng(0).uniform(size=real_b.shape).astype(np.float32)
+  floor = metrics.frechet_distance(oracle.features, real_a, real_b)["distance"]
+  assert metrics.frechet_distance(oracle.features, noise, real_b)["distance"] > 2 * floor
+
+
+def test_frechet_distance_names_bad_input():
+  x = _dyadic_images(3)
+  with pytest.raises(ValueError, match="at least 2 images"):
+    metrics.frechet_distance(_flatten, x[:1], x)
+  with pytest.raises(ValueError, match="features"):
+    metrics.frechet_distance(_flatten, x, np.zeros((5, 3, 1, 1), np.float32))
+  with pytest.raises(ValueError, match="not finite"):
+    metrics.frechet_distance(_flatten, np.full_like(x, np.nan), x)
+  with pytest.raises(ValueError, match="one length"):
+    metrics.frechet_distance(_flatten, x, x, success=np.ones(3, bool))
