@@ -67,6 +67,7 @@ Counterfactual quality (the `cfajax.metrics` module)
   validity(result), proximity(cf, starts, ...), oracle_agreement(oracle, cf, target),
   reconstruction_error(generator, x), realism(generator, cf, real),
   pixel_attack(classify, x, target, **options) (the adversarial baseline),
+  frechet_distance(features, images, reference) (realism in a network's features),
   counterfactual_report(result, counterfactuals=, starts=, ...) -> dict
 
 Digit descriptors (Morpho-MNIST-like attributes computed from images)
@@ -75,52 +76,74 @@ Digit descriptors (Morpho-MNIST-like attributes computed from images)
     DESCRIPTOR_ATTRIBUTE_NAMES
 """
 
-from cfajax import metrics
-from cfajax._attack import counterfactual_attack
-from cfajax._attributions import GlobalAttributions
-from cfajax._attributions import global_attributions
-from cfajax._attributions import local_attributions
-from cfajax._checkpoint import load_model
-from cfajax._checkpoint import read_checkpoint_info
-from cfajax._checkpoint import save_model
-from cfajax._data import ImageDataset
-from cfajax._data import load_celeba
-from cfajax._data import load_digits
-from cfajax._data import load_image_folder
-from cfajax._data import load_mnist
-from cfajax._data import read_idx
-from cfajax._data import split_dataset
-from cfajax._attribute_tables import AttributeTable
-from cfajax._attribute_tables import select_probe_attributes
-from cfajax._explain import ExplainConfig
-from cfajax._explain import explain
-from cfajax._descriptors import DESCRIPTOR_ATTRIBUTE_NAMES
-from cfajax._descriptors import DESCRIPTOR_NAMES
-from cfajax._descriptors import binarize_descriptors
-from cfajax._descriptors import digit_descriptors
-from cfajax._inversion import InversionResult
-from cfajax._inversion import invert
-from cfajax._loop import AttackResult
-from cfajax._loop import Status
-from cfajax._models import Classifier
-from cfajax._models import ClassifierConfig
-from cfajax._models import ConvGAN
-from cfajax._models import ConvVAE
-from cfajax._models import GANConfig
-from cfajax._models import Generator
-from cfajax._models import VAEConfig
-from cfajax._models import build_model
-from cfajax._models import select_output
-from cfajax._probes import Probes
-from cfajax._probes import fit_probes
-from cfajax._scheduler import local_mesh
-from cfajax._train import evaluate_classifier
-from cfajax._train import evaluate_gan
-from cfajax._train import evaluate_vae
-from cfajax._train import reconstruct
-from cfajax._train import train_classifier
-from cfajax._train import train_gan
-from cfajax._train import train_vae
+import importlib
+
+# The public names and the modules that define them. Importing cfajax imports
+# none of them (PEP 562): `cfajax --help` and `import cfajax` stay fast, and
+# JAX is loaded on first use of a name that needs it.
+_EXPORTS = {
+    "counterfactual_attack": "cfajax._attack",
+    "GlobalAttributions": "cfajax._attributions",
+    "global_attributions": "cfajax._attributions",
+    "local_attributions": "cfajax._attributions",
+    "load_model": "cfajax._checkpoint",
+    "read_checkpoint_info": "cfajax._checkpoint",
+    "save_model": "cfajax._checkpoint",
+    "ImageDataset": "cfajax._data",
+    "load_celeba": "cfajax._data",
+    "load_digits": "cfajax._data",
+    "load_image_folder": "cfajax._data",
+    "load_mnist": "cfajax._data",
+    "read_idx": "cfajax._data",
+    "split_dataset": "cfajax._data",
+    "AttributeTable": "cfajax._attribute_tables",
+    "select_probe_attributes": "cfajax._attribute_tables",
+    "ExplainConfig": "cfajax._explain_config",
+    "explain": "cfajax._explain",
+    "DESCRIPTOR_ATTRIBUTE_NAMES": "cfajax._descriptors",
+    "DESCRIPTOR_NAMES": "cfajax._descriptors",
+    "binarize_descriptors": "cfajax._descriptors",
+    "digit_descriptors": "cfajax._descriptors",
+    "InversionResult": "cfajax._inversion",
+    "invert": "cfajax._inversion",
+    "AttackResult": "cfajax._loop",
+    "Status": "cfajax._loop",
+    "Classifier": "cfajax._models",
+    "ClassifierConfig": "cfajax._models",
+    "ConvGAN": "cfajax._models",
+    "ConvVAE": "cfajax._models",
+    "GANConfig": "cfajax._models",
+    "Generator": "cfajax._models",
+    "VAEConfig": "cfajax._models",
+    "build_model": "cfajax._models",
+    "select_output": "cfajax._models",
+    "Probes": "cfajax._probes",
+    "fit_probes": "cfajax._probes",
+    "local_mesh": "cfajax._scheduler",
+    "evaluate_classifier": "cfajax._train",
+    "evaluate_gan": "cfajax._train",
+    "evaluate_vae": "cfajax._train",
+    "reconstruct": "cfajax._train",
+    "train_classifier": "cfajax._train",
+    "train_gan": "cfajax._train",
+    "train_vae": "cfajax._train",
+}
+
+
+def __getattr__(name: str):
+  if name == "metrics":
+    value = importlib.import_module("cfajax.metrics")
+  elif name in _EXPORTS:
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+  else:
+    raise AttributeError(f"module 'cfajax' has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -79,7 +79,7 @@ def _parse_value(kind: str):
 
 
 def _add_explain_parser(commands) -> None:
-  from cfajax._explain import ExplainConfig
+  from cfajax._explain_config import ExplainConfig
   parser = commands.add_parser(
       "explain", help="global explanation of a classifier over a whole dataset",
       description="Encode the images, fit attribute probes, attack every example and "
@@ -105,7 +105,7 @@ def _add_explain_parser(commands) -> None:
 
 
 def _run_explain(args) -> int:
-  from cfajax._explain import ExplainConfig
+  from cfajax._explain_config import ExplainConfig
   from cfajax._explain import explain
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExplainConfig)}
   try:

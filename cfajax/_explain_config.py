@@ -12,15 +12,9 @@ import dataclasses
 import os
 from typing import Any
 
-import jax
-import numpy as np
-
-from cfajax import _checks
-from cfajax import _data
-from cfajax import _loop
-from cfajax import _presets
-from cfajax import _recipes
-from cfajax import _sources
+# Only the dataclass is needed to build the command line, so the checks'
+# modules (JAX among them) are imported where they run: `cfajax --help`
+# starts without JAX.
 
 # Options that change no chunk, model or selected example: they may differ
 # between the runs of one output folder. (pool_size changes only the
@@ -150,6 +144,7 @@ def check_option_names(values) -> None:
 
 
 def _int_tuple(name: str, value, *, length: int | None = None, low: int = 0) -> tuple[int, ...]:
+  from cfajax import _checks
   if not isinstance(value, (tuple, list)):
     raise ValueError(f"{name} must be a tuple of integers; got {type(value).__name__} "
                      f"{value!r}")
@@ -172,6 +167,13 @@ def check_config(config: ExplainConfig) -> None:
       checkpoints that do not fit the dataset.
     FileNotFoundError: a named checkpoint does not exist.
   """
+  import jax
+  import numpy as np
+
+  from cfajax import _checks
+  from cfajax import _data
+  from cfajax import _loop
+  from cfajax import _presets
   c = config
   if c.dataset is not None:
     _checks.choice("dataset", c.dataset, _presets.PRESETS)
@@ -244,6 +246,9 @@ def _checkpoint_config(path: str, kind: str) -> dict[str, Any]:
 
 def _check_preset_checkpoints(config: ExplainConfig) -> None:
   """Checks the checkpoints a preset will use (named, or already in out/models) fit it."""
+  from cfajax import _presets
+  from cfajax import _recipes
+  from cfajax import _sources
   shape = list(_recipes.image_shape(config.dataset, _presets.image_size(config)))
   paths = {}
   for kind, spec, folder in (("vae", config.generator, "vae"),

@@ -8,11 +8,15 @@ would have trained with the same options.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from cfajax import _data
-from cfajax import _models
-from cfajax import _train
+if TYPE_CHECKING:
+  from cfajax import _data
+  from cfajax import _models
 
+# The recipes' table is read by the command line before any model is built: the
+# modules that load data and build and train models (JAX with them) are imported
+# by the functions that use them, so `cfajax --help` starts without JAX.
 CELEBA_DEFAULT_ATTRIBUTES = ("Young", "Attractive", "Male", "Smiling")
 CELEBA_HOLDOUT = 1000
 TRAIN_PARTS = ("all", "first-half", "second-half")
@@ -77,6 +81,7 @@ def load_train_test(dataset: str, data_dir=None, *, image_size: int = 64,
   official validation split when its images are present, else the last
   `holdout` images of the training split (as with the first 10,000 faces).
   """
+  from cfajax import _data
   recipe(dataset)
   log = log or (lambda message: None)
   if dataset == "digits":
@@ -103,6 +108,7 @@ def load_train_test(dataset: str, data_dir=None, *, image_size: int = 64,
 def vae_config(dataset: str, image_shape, *, latent_dim=None, widths=None,
                beta=None) -> _models.VAEConfig:
   """The dataset's `VAEConfig`, with any of its fields overridden."""
+  from cfajax import _models
   r = recipe(dataset)
   return _models.VAEConfig(image_shape=image_shape, latent_dim=latent_dim or r.latent_dim,
                            widths=tuple(widths or r.vae_widths),
@@ -119,6 +125,7 @@ def classifier_config(dataset: str, image_shape, *, attributes=None, oracle: boo
     oracle: the oracle's architecture (other widths, depth 2, dense 256).
     widths, depth, dense_width: overrides.
   """
+  from cfajax import _models
   r = recipe(dataset)
   if dataset == "celeba":
     names = tuple(attributes or CELEBA_DEFAULT_ATTRIBUTES)
@@ -184,6 +191,8 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
   Returns:
     `(model, history, info)`, info holding the part, seed and examples used.
   """
+  from cfajax import _models
+  from cfajax import _train
   r = recipe(dataset)
   if oracle and kind != "classifier":
     raise ValueError("oracle applies to classifiers")

@@ -42,3 +42,29 @@ def test_train_vae(tmp_path, capsys):
 def test_oracle_needs_a_classifier(tmp_path):
   with pytest.raises(SystemExit, match="--oracle"):
     main(["train", "vae", "--oracle", "--dataset", "digits", "--out", str(tmp_path / "x")])
+
+
+def test_help_does_not_load_jax():
+  # What makes `cfajax --help` fast (issue: 9 s before): nothing heavy is
+  # imported to build the command line. Checked in a fresh interpreter,
+  # since this one has JAX loaded already.
+  import subprocess
+  import sys
+  code = ("import contextlib, io, sys\n"
+          "from cfajax._cli import main\n"
+          "for argv in (['--help'], ['explain', '--help'], ['train', 'gan', '--help']):\n"
+          "  with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+          "    main(argv)\n"
+          "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'sklearn', 'orbax') "
+          "if m in sys.modules)\n"
+          "print(','.join(heavy) or 'none')\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "none", out.stdout + out.stderr
+
+
+def test_every_public_name_resolves():
+  for name in cfajax.__all__:
+    assert getattr(cfajax, name) is not None, name
+  assert set(cfajax.__all__) <= set(dir(cfajax))
+  with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+    cfajax.nonexistent  # noqa: B018
