@@ -301,7 +301,7 @@ def counterfactual_attack(
     else:
       result, stats = _scheduler.run_continuous(
           config, (decode, classify), z, target, hyper, batch_size=batch_size, mesh=mesh,
-          progress=bar, segment_iterations=64 if bar is not None else None)
+          progress=bar, segment_seconds=_scheduler.SEGMENT_SECONDS)
   finally:
     if own_bar:
       bar.close()

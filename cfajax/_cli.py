@@ -33,6 +33,8 @@ EXPLAIN_HELP = {
     "max_attribute_correlation": "CelebA attributes whose labels correlate with the target "
                                  "beyond this |r| get no probe (near-duplicates)",
     "explain_split": "a preset's examples explained: train, test or all",
+    "limit": "explain a random subset of this many examples (seeded, both sides of the "
+             "decision in proportion; 0: all)",
     "image_size": "square side images are resized to (0: CelebA's 64, a folder's own size)",
     "latent_dim": "latent size of a preset VAE trained now (0: the recipe's), or of a "
                   "generator without an encoder",
@@ -57,7 +59,8 @@ EXPLAIN_HELP = {
     "inversion_prior_weight": "weight of mean z^2 in the inversion loss",
     "max_inversion_error": "leave out images whose inversion's pixel MSE exceeds this "
                            "(0: beyond Q3 + 3 IQR of the run's errors)",
-    "chunk_size": "examples per resumable chunk",
+    "chunk_size": "examples per resumable chunk (0: a tenth of the run, 256 to 8192, so "
+                  "finished work is saved early)",
     "probe_c": "the probes' inverse L2 regularisation strength (scikit-learn's C)",
     "probe_class_weight": "balanced, or none for unweighted probes",
     "probe_standardize": "standardise latents before the probes",

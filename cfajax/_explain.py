@@ -188,6 +188,24 @@ def _step_stats(steps: np.ndarray) -> dict[str, float]:
           "p90": float(np.percentile(steps, 90)), "max": int(np.max(steps))}
 
 
+# Below this share of reconstructions decided as the images are, a run warns.
+MIN_RECONSTRUCTION_AGREEMENT = 0.8
+# At or above this share of examples on one side of the decision, a run warns.
+MAX_ONE_SIDE = 0.95
+
+
+def _warn_if_one_sided(task: DecisionTask, logits: np.ndarray, log) -> None:
+  """Warns when the classifier puts (nearly) every example on one side."""
+  positive = task.positive_prob(logits) >= 0.5
+  share = float(np.mean(positive)) if len(positive) else 0.5
+  side = max(share, 1 - share)
+  if len(positive) >= 20 and side >= MAX_ONE_SIDE:
+    which = task.side_name(share >= 0.5)
+    log(f"warning: the classifier puts {side:.1%} of the {len(positive)} examples on one side "
+        f"({which}): ψ then describes almost only one direction of the decision; a classifier "
+        "trained too briefly often does this")
+
+
 def _note_model_changes(previous: dict | None, models: dict, log) -> None:
   if not previous:
     return
@@ -272,7 +290,7 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
     summary = _explain(config, inputs, objects, record, previous, progress, leader, log)
     _sync("cfajax-explain-done")
     if leader:
-      chunks = -(-summary["num_examples"] // config.chunk_size)
+      chunks = -(-summary["num_examples"] // summary["chunk_size"])
       removed = _runfolder.remove_leftovers(config.out, chunks)
       if removed:
         log(f"removed {len(removed)} leftover file(s) of earlier runs: {', '.join(removed[:3])}"
@@ -317,6 +335,10 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
   selected = np.flatnonzero(task.selected(logits))
   if selected.size == 0:
     raise ValueError(f"no example of {data.name} is predicted as one of {config.classes}")
+  candidates = int(selected.size)
+  _warn_if_one_sided(task, logits[selected], log)
+  if config.limit:
+    selected = selected[task.subset(logits[selected], config.limit, config.seed)]
   z, errors = _inputs.latents_of(config, parts, contract, data.images[selected],
                           "images to explain", bars, log)
   inversion = None
@@ -357,12 +379,13 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
     from tqdm.auto import tqdm
     bar = tqdm(total=len(z), desc="counterfactuals", unit="example")
   options = _attack_options(config)
+  chunk_size = _runfolder.chunk_size_for(len(z), config.chunk_size)
   attack = lambda z_rows, t_rows, bar: counterfactual_attack(
       parts.decode, inputs.classifier, z_rows, t_rows, batch_size=config.pool_size,
       progress=bar, **options)
   try:
     rows, resumed = _runfolder.attack_in_chunks(
-        config.out, attack, z, target, chunk_size=config.chunk_size,
+        config.out, attack, z, target, chunk_size=chunk_size,
         attack_digest=_hashing.digest_json(options),
         models_digest=_hashing.digest_json([models["generator"]["digest"],
                                             models["classifier"]["digest"]]),
@@ -392,11 +415,19 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
 
   flipped = np.isfinite(cf_prob) & ((cf_prob >= 0.5) != (original_prob >= 0.5))
   decisions = (task.positive_prob(apply_batched(inputs.classifier, recon)) >= 0.5)
+  agreement = float(np.mean(decisions == (original_prob >= 0.5))) if len(z) else None
+  if agreement is not None and agreement < MIN_RECONSTRUCTION_AGREEMENT:
+    log(f"warning: the classifier decides {1 - agreement:.0%} of the generator's reconstructions "
+        "G(z) otherwise than the images themselves: counterfactuals start from G(z), so the "
+        "generator, not only the attack, changes those decisions (a better generator, or "
+        "more training, would help)")
   summary = {
       "task": task.describe(),
       "positive_side": task.positive_side(),
       "dataset": data.name,
       "num_examples": int(len(z)),
+      "num_candidates": candidates,
+      "chunk_size": chunk_size,
       "num_resumed": int(resumed),
       "flip_rate": float(np.mean(success)) if len(z) else 0.0,
       "decision_flipped": float(np.mean(flipped)) if len(z) else 0.0,
@@ -406,8 +437,7 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
       "probes": _probe_report(probes, a_fit, a_check),
       "attribute_source": {"fit": fit_table.name, "check": check_table.name,
                            "left_out_inversions": dropped_fit + dropped_check},
-      "reconstruction_agreement": float(np.mean(decisions == (original_prob >= 0.5)))
-      if len(z) else None,
+      "reconstruction_agreement": agreement,
       "inversion": inversion,
       "models": models,
       **{k: v for k, v in inputs.info.items() if k not in ("generator", "classifier")},

@@ -56,6 +56,8 @@ class ExplainConfig:
       near-duplicates of the target, whose labels correlate with it beyond
       `max_attribute_correlation` (see `select_probe_attributes`).
     explain_split: a preset's examples to explain: "train", "test" or "all".
+    limit: explain a seeded random subset of at most this many of the
+      examples, the two sides of the decision in their proportions (0: all).
     image_size: resize images to this square side: CelebA's (default 64),
       or a folder's (default 0: keep the files' size).
     latent_dim: the latent size of a preset's VAE when trained (0: the
@@ -71,7 +73,8 @@ class ExplainConfig:
       are found (`invert`).
     max_inversion_error: images whose inversion's pixel MSE exceeds this are
       left out of psi; 0: those beyond Q3 + 3 IQR of the run's errors.
-    chunk_size: examples per resumable chunk.
+    chunk_size: examples per resumable chunk (0: a tenth of the run, at least
+      256 and at most 8192, so that finished work is saved early).
     probe_c, probe_class_weight, probe_standardize: probe regularisation.
     probe_validation_fraction: the part of the attribute table held out to
       check the probes, when no separate validation table is given.
@@ -92,6 +95,7 @@ class ExplainConfig:
   exclude_attributes: tuple[str, ...] = ()
   max_attribute_correlation: float = 0.75
   explain_split: str = "all"
+  limit: int = 0
   image_size: int = 0
   latent_dim: int = 0
   vae_widths: tuple[int, ...] = ()
@@ -112,7 +116,7 @@ class ExplainConfig:
   inversion_step_size: float = 0.05
   inversion_prior_weight: float = 0.0
   max_inversion_error: float = 0.0
-  chunk_size: int = 8192
+  chunk_size: int = 0
   probe_c: float = 1.0
   probe_class_weight: str | None = "balanced"
   probe_standardize: bool = True
@@ -220,7 +224,8 @@ def check_config(config: ExplainConfig) -> None:
   _checks.number("inversion_step_size", c.inversion_step_size, low=0.0, low_open=True)
   _checks.number("inversion_prior_weight", c.inversion_prior_weight, low=0.0)
   _checks.number("max_inversion_error", c.max_inversion_error, low=0.0)
-  _checks.integer("chunk_size", c.chunk_size, low=1)
+  _checks.integer("chunk_size", c.chunk_size, low=0)
+  _checks.integer("limit", c.limit, low=0)
   _checks.number("probe_c", c.probe_c, low=0.0, low_open=True)
   if c.probe_class_weight not in (None, "balanced"):
     raise ValueError(f"probe_class_weight must be None or 'balanced'; got {c.probe_class_weight!r}")

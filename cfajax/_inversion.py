@@ -319,7 +319,7 @@ def invert(
                          "devices the continuous schedule splits its pool over")
       out, _ = _scheduler.run_continuous(problem, models, flat_z, target, hyper,
                                          batch_size=batch_size, mesh=mesh, progress=bar,
-                                         segment_iterations=64 if bar is not None else None)
+                                         segment_seconds=_scheduler.SEGMENT_SECONDS)
   finally:
     if own_bar:
       bar.close()

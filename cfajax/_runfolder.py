@@ -251,6 +251,13 @@ def _outputs_digest(outputs: dict[str, np.ndarray]) -> str:
   return _hashing.digest_arrays(*(outputs[name] for name in CHUNK_FIELDS))
 
 
+def chunk_size_for(n: int, chunk_size: int) -> int:
+  """`chunk_size`, or for 0 a tenth of the n examples, clipped to [256, 8192]."""
+  if chunk_size:
+    return int(chunk_size)
+  return int(min(max(-(-n // 10), 256), 8192))
+
+
 def attack_in_chunks(folder, attack, z, target, *, chunk_size: int, attack_digest: str,
                      models_digest: str, progress=None, log=print):
   """Runs `attack(z, target)` chunk by chunk, reusing the verified chunks in `folder`.

@@ -31,6 +31,7 @@ guaranteed").
 from __future__ import annotations
 
 import functools
+import time
 from typing import NamedTuple
 
 import jax
@@ -45,6 +46,9 @@ from cfajax._loop import EMPTY
 from cfajax._loop import RUNNING
 
 DATA_AXIS = "data"
+# How often, in wall time, the continuous loop returns to the host: progress
+# bars move and Ctrl-C is acted on at least this often (plus one iteration).
+SEGMENT_SECONDS = 1.0
 
 
 def _take_rows(tree, count: int):
@@ -239,7 +243,7 @@ def _queue_length(per_device: int, pool_size: int) -> int:
 
 
 def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, progress=None,
-                   segment_iterations=None, shrink=True):
+                   segment_iterations=None, segment_seconds=None, shrink=True):
   """Runs (n, d) latents with a pool of `batch_size` slots kept full.
 
   Example i goes to device `i % num_devices`; each device keeps
@@ -247,6 +251,12 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
   exhausted and at most a quarter of the slots are busy, the busy ones move
   to a pool a quarter as wide (`shrink`; never below `MIN_SHRUNK_POOL` slots
   per device), so that a few slow latents do not keep the whole width busy.
+
+  The loop returns to the host every `segment_iterations` iterations, or,
+  with `segment_seconds`, about that often in wall time (the segment length
+  follows the measured time per iteration; `stop_at` is traced, so no length
+  recompiles): `progress` moves, and Ctrl-C is acted on, within seconds even
+  when one iteration of the whole pool is slow.
 
   Returns:
     `(result, stats)`: the problem's result in input order, and a dict with
@@ -277,6 +287,8 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
                         mesh=mesh)
   limit = np.iinfo(np.int32).max
   segment = limit if segment_iterations is None else int(segment_iterations)
+  if segment_seconds is not None:
+    segment = 1  # the first segment also compiles: it measures nothing
   stop_at = 0
   reported = 0
   width = pool_size
@@ -284,16 +296,24 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
   iterations_before = np.zeros(devices, np.int64)
   while True:
     stop_at = min(stop_at + segment, limit)
+    started = time.perf_counter()
     narrower = width // SHRINK_FACTOR if shrink and width // SHRINK_FACTOR >= MIN_SHRUNK_POOL else 0
     pool = _advance_sharded(models, hyper, z_queue, t_queue, n_valid, pool,
                             jnp.asarray(stop_at, jnp.int32), jnp.asarray(narrower, jnp.int32),
                             problem=problem, mesh=mesh)
     iterations = np.asarray(pool.iterations).astype(np.int64)
+    ran = int(np.max(iterations - iterations_before))
     slot_steps += int(np.sum(iterations - iterations_before)) * width
     iterations_before = iterations
     occupied = np.asarray(pool.slot_index) >= 0
+    if segment_seconds is not None and ran:
+      per_iteration = (time.perf_counter() - started) / ran
+      segment = int(np.clip(segment_seconds / per_iteration, 1, 1 << 16))
     if progress is not None:
       finished = int(np.sum(np.minimum(np.asarray(pool.next_index), n_valid)) - occupied.sum())
+      if hasattr(progress, "set_postfix_str"):  # moves while no example has finished yet
+        progress.set_postfix_str(f"{int(occupied.sum())} running, iteration "
+                                 f"{int(iterations.max())}")
       progress.update(finished - reported)
       reported = finished
     if not occupied.any():

@@ -44,6 +44,26 @@ class DecisionTask:
     a, b = self.classes
     return np.where(positive, a, b).astype(np.int32)
 
+  def subset(self, logits: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Sorted row indices of a seeded random `limit` of the rows, each side of
+    the decision in its proportion (all rows if there are no more than `limit`)."""
+    n = len(logits)
+    if limit >= n:
+      return np.arange(n)
+    positive = self.positive_prob(logits) >= 0.5
+    rng = np.random.default_rng(seed)
+    rows = [np.flatnonzero(~positive), np.flatnonzero(positive)]
+    negatives = min(int(round(limit * len(rows[0]) / n)), len(rows[0]))
+    counts = (negatives, limit - negatives)
+    return np.sort(np.concatenate([rng.choice(r, k, replace=False)
+                                   for r, k in zip(rows, counts)]))
+
+  def side_name(self, positive: bool) -> str:
+    """The decision's positive or negative side, in words."""
+    if self.binary:
+      return f"{self.name}: {'yes' if positive else 'no'}"
+    return f"class {self.classes[1] if positive else self.classes[0]}"
+
   def describe(self) -> str:
     if self.binary:
       return f"{self.name} (binary classifier)"

@@ -447,3 +447,52 @@ def test_explain_trains_the_classifier_that_cfajax_train_makes(small_run, tmp_pa
   by_explain = cfajax.read_checkpoint_info(os.path.join(small_run[0].out, "models", "classifier"))
   assert by_cli["config"] == by_explain["config"]
   assert by_cli["weights_sha256"] == by_explain["weights_sha256"]
+
+
+def test_a_limit_explains_a_seeded_subset_with_both_sides_in_proportion(small_run, tmp_path):
+  config, full = small_run
+  summary = cfajax.explain(config_like(small_run, tmp_path / "limited", limit=20),
+                           progress=False, log=None)
+  assert summary["num_examples"] == 20
+  assert summary["num_candidates"] == full["num_examples"]
+  limited = np.load(tmp_path / "limited" / "examples.npz")
+  every = np.load(os.path.join(config.out, "examples.npz"))
+  assert set(limited["index"]) <= set(every["index"])
+  share = np.mean(every["target"] == 9)
+  assert abs(np.sum(limited["target"] == 9) - 20 * share) <= 1
+
+
+def test_a_subset_keeps_the_sides_in_proportion_and_is_seeded():
+  from cfajax._task import DecisionTask
+  task = DecisionTask(1, (0, 1))
+  logits = np.r_[np.full(30, -2.0), np.full(70, 2.0)][:, None]
+  rows = task.subset(logits, 10, seed=3)
+  assert len(rows) == 10 and np.all(np.diff(rows) > 0)
+  assert np.sum(rows < 30) == 3
+  np.testing.assert_array_equal(rows, task.subset(logits, 10, seed=3))
+  assert not np.array_equal(rows, task.subset(logits, 10, seed=4))
+  np.testing.assert_array_equal(task.subset(logits, 500, seed=0), np.arange(100))
+
+
+def test_chunks_default_to_a_tenth_of_the_run_within_bounds():
+  from cfajax._runfolder import chunk_size_for
+  assert chunk_size_for(100, 0) == 256
+  assert chunk_size_for(5000, 0) == 500
+  assert chunk_size_for(200_000, 0) == 8192
+  assert chunk_size_for(5000, 64) == 64
+
+
+def test_a_classifier_that_calls_nearly_everything_one_class_is_warned_about():
+  from cfajax._explain import _warn_if_one_sided
+  from cfajax._task import DecisionTask
+  messages = []
+  task = DecisionTask(10, (4, 9))
+  logits = np.zeros((100, 10))
+  logits[:, 9] = 1.0
+  logits[:3, 4] = 2.0  # 97 of 100 predicted 9
+  _warn_if_one_sided(task, logits, messages.append)
+  assert len(messages) == 1 and "97.0% of the 100 examples" in messages[0]
+  assert "class 9" in messages[0]
+  logits[:10, 4] = 2.0  # 90 of 100: no warning
+  _warn_if_one_sided(task, logits, messages.append)
+  assert len(messages) == 1

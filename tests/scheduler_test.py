@@ -52,7 +52,29 @@ def test_progress_segments_do_not_change_results():
         tuple(map(cfajax._callables.as_pure_callable, (decode, classify))), z,
         target.astype(np.int32), cfajax._attack.make_hyper(0.8, 0.5, 200, 0.0, np.float64),
         batch_size=4, segment_iterations=3)
-  assert_same_results(result, whole)
+    assert_same_results(result, whole)
+
+    class Bar:  # records what a tqdm bar would be told
+      def __init__(self):
+        self.finished, self.postfixes = 0, []
+
+      def update(self, count):
+        self.finished += count
+
+      def set_postfix_str(self, text):
+        self.postfixes.append(text)
+
+    # Segments timed to ~0 s last one iteration each: the bar hears of every
+    # iteration, and the results are still the unsegmented ones.
+    bar = Bar()
+    timed, stats = _scheduler.run_continuous(
+        cfajax._loop.AttackConfig(precision="float64"),
+        tuple(map(cfajax._callables.as_pure_callable, (decode, classify))), z,
+        target.astype(np.int32), cfajax._attack.make_hyper(0.8, 0.5, 200, 0.0, np.float64),
+        batch_size=4, segment_seconds=1e-9, progress=bar)
+  assert_same_results(timed, whole)
+  assert bar.finished == 11
+  assert len(bar.postfixes) >= max(stats["loop_iterations"]) - 1
 
 
 def test_queue_lengths_share_a_compilation():
