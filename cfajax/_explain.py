@@ -51,6 +51,7 @@ from cfajax._batching import apply_batched
 from cfajax._explain_config import RESUMABLE_OPTIONS
 from cfajax._explain_config import TRAINING_OPTIONS
 from cfajax._explain_config import ExplainConfig
+from cfajax._explain_config import applicable_options
 from cfajax._explain_config import check_config
 from cfajax._explain_config import check_option_names
 from cfajax._loop import Status
@@ -445,7 +446,7 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
       "devices": [str(d) for d in jax.local_devices()],
       "process_count": jax.process_count(),
       "versions": _versions(),
-      "config": config.to_dict(),
+      "config": applicable_options(config, binary=task.binary, inverted=errors is not None),
   }
   if leader:
     extra = {}

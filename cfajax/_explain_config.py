@@ -140,6 +140,31 @@ class ExplainConfig:
     return cls(**values)
 
 
+def applicable_options(config: ExplainConfig, *, binary: bool, inverted: bool) -> dict[str, Any]:
+  """The options that played a part in a run, for its summary (run.json keeps all).
+
+  Left out: the pair `classes` of a binary classifier; the other optimizer's
+  step size; inversion options when the generator had an encoder; CelebA's
+  attribute options for other data; a preset's data and training options for
+  the user's own inputs.
+  """
+  unused = set()
+  if binary:
+    unused.add("classes")
+  unused.add("learning_rate" if config.optimizer == "ascent" else "step_size")
+  if not inverted:
+    unused |= {"inversion_starts", "inversion_steps", "inversion_step_size",
+               "inversion_prior_weight", "max_inversion_error"}
+  if config.dataset != "celeba":
+    unused |= {"target_attribute", "max_attribute_correlation"}
+  if config.dataset is None:
+    unused |= {"data_dir", "explain_split", "vae_widths", "classifier_widths", "vae_epochs",
+               "classifier_epochs", "train_batch_size"}
+  else:
+    unused |= {"images", "attributes"}
+  return {k: v for k, v in config.to_dict().items() if k not in unused}
+
+
 def check_option_names(values) -> None:
   known = [f.name for f in dataclasses.fields(ExplainConfig)]
   unknown = sorted(set(values) - set(known))

@@ -56,6 +56,12 @@ def test_outputs(small_run):
   assert np.all(flipped[success])
   psi = summary["global_attributions"]
   assert sorted(psi["ranking"]) == sorted(names) == sorted(psi["attributes"])
+  # The summary lists the options that played a part: no CelebA, inversion or
+  # Adam options for digits explained with a VAE by plain ascent.
+  shown = summary["config"]
+  assert list(shown["classes"]) == [4, 9] and shown["step_size"] == 0.5
+  for unused in ("target_attribute", "inversion_steps", "learning_rate", "images"):
+    assert unused not in shown
   magnitudes = [abs(psi["attributes"][name]["psi"]) for name in psi["ranking"]]
   assert magnitudes == sorted(magnitudes, reverse=True)
   for name in ("counterfactuals.png", "global_attributions.png"):
