@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import socket
 import struct
 from pathlib import Path
 from typing import Sequence
@@ -312,26 +314,83 @@ def load_mnist(data_dir=None, split: str = "train") -> ImageDataset:
   return _mnist_from_idx(image_path, label_path, f"mnist/{split}")
 
 
-def _download_mnist_with_tfds(*names: str) -> list[Path]:
-  hint = (f"pass data_dir= (or --data-dir) pointing at a folder with the four MNIST IDX "
-          f"files, or set ${DATA_DIR_ENV}")
+# Where tensorflow-datasets downloads from; one connection attempt to it tells,
+# in seconds, whether a download can work (tfds itself retries for minutes).
+NETWORK_PROBE = ("storage.googleapis.com", 443)
+NETWORK_TIMEOUT_S = 3.0
+
+
+def _import_tfds(hint: str):
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:
-    raise RuntimeError(f"tensorflow-datasets is not installed; {hint}") from e
+    raise RuntimeError("tensorflow-datasets is not installed (it is optional: pip install "
+                       f"'cfajax[tfds]'); or {hint}") from e
+  return tfds
+
+
+def _require_network(what: str, hint: str) -> None:
+  """Fails fast, naming the way out, when a download cannot reach its server."""
+  try:
+    socket.create_connection(NETWORK_PROBE, timeout=NETWORK_TIMEOUT_S).close()
+  except OSError as e:
+    raise RuntimeError(f"{what} must be downloaded, and {NETWORK_PROBE[0]} cannot be reached "
+                       f"({e}); {hint}") from e
+
+
+def _remove_partial_downloads(folder: Path, before: set[str]) -> None:
+  """Removes the temporary files a failed tfds download left in `folder`."""
+  if not folder.is_dir():
+    return
+  for entry in folder.iterdir():
+    if entry.name in before or ".tmp" not in entry.name:
+      continue
+    if entry.is_dir():
+      shutil.rmtree(entry, ignore_errors=True)
+    else:
+      entry.unlink(missing_ok=True)
+
+
+def _download_mnist_with_tfds(*names: str) -> list[Path]:
+  hint = (f"pass data_dir= (or --data-dir) pointing at a folder with the four MNIST IDX "
+          f"files, or set ${DATA_DIR_ENV}")
+  tfds = _import_tfds(hint)
+  folder, before = None, set()
   try:
     builder = tfds.builder("mnist")
+    folder = Path(builder.data_dir_root) / "downloads"
+    before = {e.name for e in folder.iterdir()} if folder.is_dir() else set()
+    if not all(any(n in name for name in before) for n in names):
+      _require_network("MNIST", hint)
     try:
       url_infos = builder.url_infos  # registered checksums, where readable
     except Exception:  # optional: some installs cannot read the checksum file
       url_infos = None
-    manager = tfds.download.DownloadManager(
-        download_dir=Path(builder.data_dir_root) / "downloads", url_infos=url_infos,
-        dataset_name="mnist")
+    manager = tfds.download.DownloadManager(download_dir=folder, url_infos=url_infos,
+                                            dataset_name="mnist")
     paths = manager.download({n: builder.URL + n + ".gz" for n in names})
+  except RuntimeError:
+    raise
   except Exception as e:  # network or tfds failures all end the same way
+    if folder is not None:
+      _remove_partial_downloads(folder, before)
     raise RuntimeError(f"could not get MNIST through tensorflow-datasets ({e}); {hint}") from e
   return [Path(os.fspath(paths[n])) for n in names]
+
+
+def _tfds_source(name: str, split: str, hint: str):
+  """`tfds.data_source(name, split)`; fails fast offline when it would download."""
+  tfds = _import_tfds(hint)
+  try:
+    builder = tfds.builder(name)
+    if not builder.is_prepared():
+      _require_network(f"{name} is not prepared here: it", hint)
+    return tfds.data_source(name, split=split)
+  except RuntimeError:
+    raise
+  except Exception as e:  # download or preparation failures
+    raise RuntimeError(f"could not read {name}/{split} through tensorflow-datasets ({e}); "
+                       f"{hint}") from e
 
 
 # -- CelebA -------------------------------------------------------------------
@@ -613,11 +672,7 @@ def _celeba_from_tfds(split: str, image_size: int, progress: bool) -> ImageDatas
           f"list_attr_celeba.txt, list_eval_partition.txt), or set ${DATA_DIR_ENV}")
   tfds_split = {"train": "train", "valid": "validation", "test": "test",
                 "all": "train+validation+test"}[split]
-  try:
-    import tensorflow_datasets as tfds
-    source = tfds.data_source("celeb_a", split=tfds_split)
-  except Exception as e:  # ImportError, download or preparation failures
-    raise RuntimeError(f"could not get CelebA through tensorflow-datasets ({e}); {hint}") from e
+  source = _tfds_source("celeb_a", tfds_split, hint)
   records = range(len(source))
   if progress:
     from tqdm.auto import tqdm
@@ -730,12 +785,8 @@ def load_tfds_images(name: str, split: str = "test") -> ImageDataset:
   Needs the dataset prepared in array_record format (tfds downloads and
   prepares it the first time, which needs a network).
   """
-  try:
-    import tensorflow_datasets as tfds
-    source = tfds.data_source(name, split=split)
-  except Exception as e:  # ImportError, download or preparation failures
-    raise RuntimeError(f"could not read {name}/{split} through tensorflow-datasets ({e}); pass "
-                       "the images as an array or a folder of image files instead") from e
+  source = _tfds_source(name, split, "pass the images as an array or a folder of image files "
+                       "instead")
   images, labels = [], []
   for i in range(len(source)):
     record = source[i]

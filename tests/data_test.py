@@ -281,3 +281,31 @@ def test_real_celeba_lists_with_a_few_faces(tmp_path):
   # 000001.jpg is young, attractive, not male, smiling in the official file.
   first = {n: faces.attribute(n)[0] for n in ("Young", "Attractive", "Male", "Smiling")}
   assert first == {"Young": 1, "Attractive": 1, "Male": 0, "Smiling": 1}
+
+
+def test_without_tensorflow_datasets_the_way_out_is_named(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.delenv(_data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  with pytest.raises(RuntimeError, match=r"pip install 'cfajax\[tfds\]'.*data_dir"):
+    cfajax.load_mnist(None, "test")
+  with pytest.raises(RuntimeError, match=r"cfajax\[tfds\]"):
+    cfajax.load_celeba(None, "valid")
+
+
+def test_offline_downloads_fail_in_seconds_and_leave_nothing(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow_datasets")  # the optional extra
+  import socket
+  import time
+  monkeypatch.delenv(_data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  with socket.socket() as closed:  # a local port nobody listens on: refused at once
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+  monkeypatch.setattr(_data, "NETWORK_PROBE", ("127.0.0.1", port))
+  start = time.perf_counter()
+  with pytest.raises(RuntimeError, match="cannot be reached.*data_dir"):
+    cfajax.load_mnist(None, "test")
+  assert time.perf_counter() - start < 30
+  leftovers = [p for p in (tmp_path / "tfds").rglob("*") if ".tmp" in p.name]
+  assert not leftovers

@@ -18,7 +18,8 @@ def lower_bounds(requirements):
 
 def test_lower_bounds_are_the_versions_ci_tests():
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-  bounds = lower_bounds(project["dependencies"] + project["optional-dependencies"]["test"])
+  extras = project["optional-dependencies"]
+  bounds = lower_bounds(project["dependencies"] + extras["test"] + extras["tfds"])
   pins = {}
   for line in (ROOT / ".ci" / "colab-tpu-constraints.txt").read_text().splitlines():
     line = line.split("#")[0].strip()
@@ -29,3 +30,8 @@ def test_lower_bounds_are_the_versions_ci_tests():
   assert pins.pop("jaxlib") == pins["jax"]
   assert bounds == pins
   assert project["requires-python"] == ">=3.11"  # CI's two Pythons: 3.11 and 3.13
+
+
+def test_tensorflow_datasets_is_optional():
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  assert not any(d.startswith("tensorflow-datasets") for d in project["dependencies"])
