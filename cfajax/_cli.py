@@ -101,7 +101,7 @@ def _add_explain_parser(commands) -> None:
       shown = "" if default is None else f" (default: {default})"
       parser.add_argument(*flags, type=_parse_value(kind), default=field.default,
                           help=f"{help_text}{shown}")
-  parser.add_argument("--restart", action="store_true",
+  parser.add_argument("--restart", "--overwrite", action="store_true",
                       help="discard the results already in --out (and the models trained "
                       "there, if an option they were trained with changed) and start over")
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -114,10 +114,11 @@ def _run_explain(args) -> int:
   try:
     summary = explain(ExplainConfig(**values), progress=not args.no_progress,
                       restart=args.restart)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    # The library's errors say what was expected; a traceback adds nothing.
-    print(f"cfajax explain: error: {e}", file=sys.stderr)
-    return 2
+  except KeyboardInterrupt:
+    out = values["out"] or "the output folder"
+    print(f"\ncfajax explain: interrupted; the finished chunks are saved in {out}: the same "
+          "command resumes from them", file=sys.stderr)
+    return 130
   psi = summary["global_attributions"]
   print(f"\n{summary['task']} on {summary['dataset']}: {summary['num_examples']} examples, "
         f"flip rate {summary['flip_rate']:.1%}, median steps {summary['steps'].get('median')}")
@@ -139,13 +140,18 @@ def main(argv: list[str] | None = None) -> int:
   commands = parser.add_subparsers(dest="command", required=True)
   _add_explain_parser(commands)
   _add_train_parser(commands)
+  parser.add_argument("--debug", action="store_true",
+                      help="show the full traceback of an error (default: one line)")
   args = parser.parse_args(argv)
-
-  if args.command == "explain":
-    return _run_explain(args)
-  if args.command == "train":
-    return _run_train(args)
-  return 0
+  run = {"explain": _run_explain, "train": _run_train}[args.command]
+  try:
+    return run(args)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    if args.debug:
+      raise
+    # The library's errors say what was expected; a traceback adds nothing.
+    print(f"cfajax {args.command}: error: {e}", file=sys.stderr)
+    return 2
 
 
 # -- cfajax train -------------------------------------------------------------
@@ -208,11 +214,11 @@ def _run_train(args) -> int:
   from cfajax import _recipes
 
   if args.oracle and args.model != "classifier":
-    raise SystemExit("--oracle applies to `cfajax train classifier`")
+    raise ValueError("--oracle applies to `cfajax train classifier`")
   attributes = None if args.attributes is None else tuple(
       a.strip() for a in args.attributes.split(",") if a.strip())
   if attributes and args.dataset != "celeba":
-    raise SystemExit(f"--attributes apply to CelebA; {args.dataset} has class labels")
+    raise ValueError(f"--attributes apply to CelebA; {args.dataset} has class labels")
   train, test = _recipes.load_train_test(args.dataset, args.data_dir, image_size=args.image_size,
                                          holdout=args.holdout, progress=not args.no_progress)
   part = args.train_part or _recipes.default_train_part(args.model, args.oracle)

@@ -39,9 +39,23 @@ def test_train_vae(tmp_path, capsys):
   assert "test_recon_bce=" in capsys.readouterr().out
 
 
-def test_oracle_needs_a_classifier(tmp_path):
-  with pytest.raises(SystemExit, match="--oracle"):
-    main(["train", "vae", "--oracle", "--dataset", "digits", "--out", str(tmp_path / "x")])
+def test_oracle_needs_a_classifier(tmp_path, capsys):
+  assert main(["train", "vae", "--oracle", "--dataset", "digits", "--out",
+               str(tmp_path / "x")]) == 2
+  assert capsys.readouterr().err.strip() == (
+      "cfajax train: error: --oracle applies to `cfajax train classifier`")
+
+
+def test_common_mistakes_get_one_line_and_debug_the_traceback(tmp_path, capsys):
+  missing = str(tmp_path / "nowhere")
+  assert main(["explain", "--dataset", "mnist", "--data-dir", missing,
+               "--out", str(tmp_path / "a")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("cfajax explain: error: ") and "\n" not in err and missing in err
+  assert main(["explain", "--threshold", "1.5", "--out", str(tmp_path / "b")]) == 2
+  assert "threshold" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="threshold"):
+    main(["--debug", "explain", "--threshold", "1.5", "--out", str(tmp_path / "b")])
 
 
 def test_help_does_not_load_jax():
