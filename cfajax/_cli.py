@@ -33,6 +33,9 @@ EXPLAIN_HELP = {
     "max_attribute_correlation": "CelebA attributes whose labels correlate with the target "
                                  "beyond this |r| get no probe (near-duplicates)",
     "explain_split": "a preset's examples explained: train, test or all",
+    "quick": "a first look in minutes on a CPU: a preset's models trained for 1-2 epochs (the "
+             "recipe's quick epochs) and at most 1,000 examples, unless --vae-epochs, "
+             "--classifier-epochs or --limit say otherwise",
     "limit": "explain a random subset of this many examples (seeded, both sides of the "
              "decision in proportion; 0: all)",
     "image_size": "square side images are resized to (0: CelebA's 64, a folder's own size)",

@@ -52,6 +52,7 @@ from cfajax._explain_config import RESUMABLE_OPTIONS
 from cfajax._explain_config import TRAINING_OPTIONS
 from cfajax._explain_config import ExplainConfig
 from cfajax._explain_config import applicable_options
+from cfajax._explain_config import with_quick_defaults
 from cfajax._explain_config import check_config
 from cfajax._explain_config import check_option_names
 from cfajax._loop import Status
@@ -273,6 +274,7 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
                  attributes=attributes)
   config, objects = _split_inputs(config, objects, dict(options))
   check_config(config)
+  config = with_quick_defaults(config)
   log = log or (lambda message: None)
   leader = jax.process_index() == 0
   inputs = None

@@ -58,6 +58,9 @@ class ExplainConfig:
     explain_split: a preset's examples to explain: "train", "test" or "all".
     limit: explain a seeded random subset of at most this many of the
       examples, the two sides of the decision in their proportions (0: all).
+    quick: a first look in minutes on a CPU: a preset's models trained for the
+      recipe's quick epochs and at most `QUICK_LIMIT` examples, where
+      `vae_epochs`, `classifier_epochs` and `limit` are left at 0.
     image_size: resize images to this square side: CelebA's (default 64),
       or a folder's (default 0: keep the files' size).
     latent_dim: the latent size of a preset's VAE when trained (0: the
@@ -96,6 +99,7 @@ class ExplainConfig:
   max_attribute_correlation: float = 0.75
   explain_split: str = "all"
   limit: int = 0
+  quick: bool = False
   image_size: int = 0
   latent_dim: int = 0
   vae_widths: tuple[int, ...] = ()
@@ -138,6 +142,26 @@ class ExplainConfig:
       if name in values:
         values[name] = tuple(values[name])
     return cls(**values)
+
+
+QUICK_LIMIT = 1000
+
+
+def with_quick_defaults(config: ExplainConfig) -> ExplainConfig:
+  """`config` with the options `quick` fills in (those left at 0) filled."""
+  if not config.quick:
+    return config
+  from cfajax import _recipes
+  changes = {}
+  if not config.limit:
+    changes["limit"] = QUICK_LIMIT
+  if config.dataset is not None:
+    recipe = _recipes.recipe(config.dataset)
+    if not config.vae_epochs:
+      changes["vae_epochs"] = recipe.quick_vae_epochs
+    if not config.classifier_epochs:
+      changes["classifier_epochs"] = recipe.quick_classifier_epochs
+  return dataclasses.replace(config, **changes)
 
 
 def applicable_options(config: ExplainConfig, *, binary: bool, inverted: bool) -> dict[str, Any]:
@@ -254,8 +278,9 @@ def check_config(config: ExplainConfig) -> None:
   _checks.number("probe_c", c.probe_c, low=0.0, low_open=True)
   if c.probe_class_weight not in (None, "balanced"):
     raise ValueError(f"probe_class_weight must be None or 'balanced'; got {c.probe_class_weight!r}")
-  if not isinstance(c.probe_standardize, (bool, np.bool_)):
-    raise ValueError(f"probe_standardize must be True or False; got {c.probe_standardize!r}")
+  for name in ("probe_standardize", "quick"):
+    if not isinstance(getattr(c, name), (bool, np.bool_)):
+      raise ValueError(f"{name} must be True or False; got {getattr(c, name)!r}")
   _checks.number("probe_validation_fraction", c.probe_validation_fraction, low=0.0, high=1.0,
                  low_open=True, high_open=True)
   _checks.integer("num_bootstrap", c.num_bootstrap, low=0)

@@ -502,3 +502,16 @@ def test_a_classifier_that_calls_nearly_everything_one_class_is_warned_about():
   logits[:10, 4] = 2.0  # 90 of 100: no warning
   _warn_if_one_sided(task, logits, messages.append)
   assert len(messages) == 1
+
+
+def test_quick_fills_only_what_was_left_at_zero():
+  from cfajax._explain_config import with_quick_defaults
+  plain = ExplainConfig(dataset="mnist", out="x")
+  assert with_quick_defaults(plain) == plain
+  quick = with_quick_defaults(ExplainConfig(dataset="mnist", out="x", quick=True))
+  assert (quick.limit, quick.vae_epochs, quick.classifier_epochs) == (1000, 2, 1)
+  mine = with_quick_defaults(ExplainConfig(dataset="mnist", out="x", quick=True, limit=50,
+                                           vae_epochs=3))
+  assert (mine.limit, mine.vae_epochs, mine.classifier_epochs) == (50, 3, 1)
+  custom = with_quick_defaults(ExplainConfig(out="x", images="faces/", quick=True))
+  assert (custom.limit, custom.vae_epochs) == (1000, 0)
