@@ -211,7 +211,9 @@ def load_model(path) -> nnx.Module:
   path = Path(path).absolute()  # orbax restores from absolute paths only
   meta = read_checkpoint_info(path)
   try:
-    model = build_model(meta["kind"], meta["config"])
+    # Shapes only: initialising weights that are then overwritten compiled
+    # every initializer eagerly and took seconds, even for the digits models.
+    model = nnx.eval_shape(lambda: build_model(meta["kind"], meta["config"]))
   except (TypeError, ValueError) as e:
     raise ValueError(f"{path / META_FILE}: cannot build a {meta['kind']!r} from its "
                      f"config: {e}") from e
@@ -233,8 +235,9 @@ def load_model(path) -> nnx.Module:
     restored = checkpointer.restore(
         state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   except Exception as e:  # orbax raises many types for damaged files
-    raise ValueError(f"cannot restore the weights in {state_dir}: the checkpoint is corrupt "
-                     f"or incomplete ({type(e).__name__}: {e})") from e
+    raise ValueError(f"cannot restore the weights in {state_dir} as the {meta['kind']!r} its "
+                     f"{META_FILE} describes: the checkpoint is corrupt or incomplete, or its "
+                     f"JSON is not its weights' ({type(e).__name__}: {e})") from e
   finally:
     checkpointer.close()
   weights = _original_keys(template, restored)
@@ -243,6 +246,11 @@ def load_model(path) -> nnx.Module:
                      "saved (weights_sha256 does not match): the checkpoint is damaged")
   nnx.replace_by_pure_dict(state, weights)
   nnx.update(model, state)
+  unrestored = [key for key, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+                if isinstance(leaf, jax.ShapeDtypeStruct)]
+  if unrestored:  # a model with state other than its parameters
+    raise ValueError(f"{path} restores only parameters; a {meta['kind']} also holds "
+                     f"{jax.tree_util.keystr(unrestored[0])}")
   return model
 
 
