@@ -47,7 +47,9 @@ EXPLAIN_HELP = {
     "vae_epochs": "epochs of a preset VAE trained now (0: the recipe's)",
     "classifier_epochs": "epochs of a preset classifier trained now (0: the recipe's)",
     "train_batch_size": "batch size for models trained now (0: the recipe's)",
-    "threshold": "stop an attack when the target's probability reaches this, in (0, 1)",
+    "threshold": "stop an attack when the target's probability reaches this, in (0, 1); 0.9 "
+                 "rather than the boundary 0.5, so that counterfactuals are convincing (an "
+                 "independent oracle agreed with 98%% of them on the digits, 69%% at 0.5)",
     "step_size": "learning rate of plain gradient ascent",
     "max_steps": "most updates per attack",
     "objective": "what is ascended: logit (the target's log-odds), prob (its probability, the "

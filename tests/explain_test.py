@@ -74,8 +74,8 @@ def test_a_change_of_result_options_is_refused_naming_them(small_run, tmp_path):
   config = config_like(small_run, tmp_path / "run", chunk_size=16)
   cfajax.explain(config, progress=False, log=None)
   with pytest.raises(ValueError, match=r"other options that change its results \(threshold: "
-                     r"0.5 -> 0.9; max_steps: 200 -> 61\)"):
-    cfajax.explain(config, progress=False, log=None, max_steps=61, threshold=0.9)
+                     r"0.9 -> 0.7; max_steps: 200 -> 61\)"):
+    cfajax.explain(config, progress=False, log=None, max_steps=61, threshold=0.7)
   restarted = cfajax.explain(config, progress=False, log=None, max_steps=61, restart=True)
   assert restarted["num_resumed"] == 0 and restarted["config"]["max_steps"] == 61
   # The models came from elsewhere (vae=, classifier=): a restart keeps them.
