@@ -49,7 +49,7 @@ EXPLAIN_HELP = {
     "train_batch_size": "batch size for models trained now (0: the recipe's)",
     "threshold": "stop an attack when the target's probability reaches this, in (0, 1); 0.9 "
                  "rather than the boundary 0.5, so that counterfactuals are convincing (an "
-                 "independent oracle agreed with 98%% of them on the digits, 69%% at 0.5)",
+                 "independent oracle agreed with 97.5%% of them on the digits, 69%% at 0.5)",
     "step_size": "learning rate of plain gradient ascent",
     "max_steps": "most updates per attack",
     "objective": "what is ascended: logit (the target's log-odds), prob (its probability, the "

@@ -73,7 +73,7 @@ class ExplainConfig:
       plain gradient ascent or "adam"). The threshold defaults to 0.9, not
       the decision boundary 0.5: at 0.5 counterfactuals barely cross it and an
       independent oracle agreed with 69% of them on the quick start's digits,
-      against 98% at 0.9 for three more steps (experiments/RESULTS.md,
+      against 97.5% at 0.9 for three more steps (experiments/RESULTS.md,
       "Stopping threshold").
     inversion_starts, inversion_steps, inversion_step_size,
       inversion_prior_weight: for a generator without `encode`, how latents

@@ -43,35 +43,15 @@ from common import hardware
 from common import load_runs
 from common import markdown_table
 from common import save_small
+from common import split_half_overlap
 from common import write_json
 
 HEADS = ("Young", "Attractive", "Male")
 LATENT = {"threshold": 0.5, "step_size": 0.1, "max_steps": 500, "objective": "logit"}
 PIXEL = {"threshold": 0.5, "step_size": 0.01, "max_steps": 500, "objective": "logit"}
 TOP = 5
-SPLITS = 100
 HOLDOUT = 1000
 THRESHOLDS = (0.5, 0.9)  # psi uses 0.5; both measure quality
-
-
-def split_half_overlap(phi, original_prob, success, names, seed=0):
-  """Top-5 overlap and rank correlation of psi between two random halves, over SPLITS splits."""
-  rng = np.random.default_rng(seed)
-  overlaps, correlations = [], []
-  n = len(phi)
-  for _ in range(SPLITS):
-    order = rng.permutation(n)
-    halves = [order[:n // 2], order[n // 2:]]
-    psis = [cfajax.global_attributions(phi[h], original_prob[h], success=success[h],
-                                       names=names, num_bootstrap=0).psi for h in halves]
-    tops = [set(np.argsort(-np.abs(p))[:TOP]) for p in psis]
-    overlaps.append(len(tops[0] & tops[1]) / TOP)
-    ranks = [np.argsort(np.argsort(-np.abs(p))) for p in psis]
-    correlations.append(float(np.corrcoef(ranks[0], ranks[1])[0, 1]))
-  return {"top5_overlap_mean": float(np.mean(overlaps)),
-          "top5_overlap_min": float(np.min(overlaps)),
-          "top5_identical_fraction": float(np.mean(np.asarray(overlaps) == 1.0)),
-          "rank_correlation_mean": float(np.mean(correlations))}
 
 
 def local_figure(path, name, originals, starts, cfs, phi, names, target):

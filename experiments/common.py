@@ -178,3 +178,23 @@ def latent_and_pixel(vae, classifier, oracle, images, z, target, *, latent_optio
 
 def apply(fn, x, batch_size=1024):
   return apply_batched(fn, x, batch_size)
+
+
+def split_half_overlap(phi, original_prob, success, names, seed=0, splits=100, top=5):
+  """Top-`top` overlap and rank correlation of psi between two random halves, over `splits`."""
+  rng = np.random.default_rng(seed)
+  overlaps, correlations = [], []
+  n = len(phi)
+  for _ in range(splits):
+    order = rng.permutation(n)
+    halves = [order[:n // 2], order[n // 2:]]
+    psis = [cfajax.global_attributions(phi[h], original_prob[h], success=success[h],
+                                       names=names, num_bootstrap=0).psi for h in halves]
+    tops = [set(np.argsort(-np.abs(p))[:top]) for p in psis]
+    overlaps.append(len(tops[0] & tops[1]) / top)
+    ranks = [np.argsort(np.argsort(-np.abs(p))) for p in psis]
+    correlations.append(float(np.corrcoef(ranks[0], ranks[1])[0, 1]))
+  return {"top5_overlap_mean": float(np.mean(overlaps)),
+          "top5_overlap_min": float(np.min(overlaps)),
+          "top5_identical_fraction": float(np.mean(np.asarray(overlaps) == 1.0)),
+          "rank_correlation_mean": float(np.mean(correlations))}
