@@ -466,10 +466,11 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
     _plots.counterfactual_grid(
         os.path.join(config.out, "counterfactuals.png"), images, recon, cf_images,
         original_prob, cf_prob, rows["status"], count=config.num_figure_examples,
-        seed=config.seed, title=summary["task"])
+        seed=config.seed, title=summary["task"], positive=task.side_name(True))
     if psi is not None:
       _plots.global_attribution_bars(
-          os.path.join(config.out, "global_attributions.png"), psi, title=summary["task"])
+          os.path.join(config.out, "global_attributions.png"), psi, title=summary["task"],
+          positive=task.side_name(True))
     lap("write")
     summary["timings_s"] = timings
     _runfolder.save_json(os.path.join(config.out, "summary.json"), summary)

@@ -30,7 +30,8 @@ def _show(ax, image: np.ndarray) -> None:
 
 
 def counterfactual_grid(path, originals, reconstructions, counterfactuals, original_prob,
-                        counterfactual_prob, status, *, count=8, seed=0, title=""):
+                        counterfactual_prob, status, *, count=8, seed=0, title="",
+                        positive="the positive class"):
   """Saves a grid: originals, their reconstructions G(z), counterfactuals G(z'), and G(z') - G(z).
 
   Columns are drawn from the attacks that reached their target; only when
@@ -92,14 +93,15 @@ def counterfactual_grid(path, originals, reconstructions, counterfactuals, origi
   failed_shown = sum(1 for _, failure in columns if failure)
   note = (f"; {failed_shown} failed attack(s) shown, marked 'not reached'"
           if failed_shown else "")
-  fig.suptitle(f"{title}\np: probability of the positive class; red: brighter in G(z')" + note,
+  fig.suptitle(f"{title}\np: probability of {positive}; red: brighter in G(z')" + note,
                fontsize=9)
   _save(fig, path)
   plt.close(fig)
   return columns
 
 
-def global_attribution_bars(path, attributions, *, top=12, title=""):
+def global_attribution_bars(path, attributions, *, top=12, title="",
+                            positive="the positive class"):
   """Saves a bar chart of the attributes with the largest |psi|, with confidence intervals.
 
   Args:
@@ -119,8 +121,8 @@ def global_attribution_bars(path, attributions, *, top=12, title=""):
           capsize=3, ecolor="black")
   ax.set_yticks(np.arange(len(order)), names)
   ax.axvline(0, color="black", linewidth=0.8)
-  ax.set_xlabel("global attribution psi (mean change of probe probability toward the "
-                "positive class)", fontsize=8)
+  ax.set_xlabel("global attribution psi (mean change of probe probability toward "
+                f"{positive})", fontsize=8)
   used = getattr(attributions, "num_used", None)
   ax.set_title(f"{title}" + (f"  (n={used} counterfactuals)" if used is not None else ""),
                fontsize=9)

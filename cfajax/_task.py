@@ -61,7 +61,7 @@ class DecisionTask:
   def side_name(self, positive: bool) -> str:
     """The decision's positive or negative side, in words."""
     if self.binary:
-      return f"{self.name}: {'yes' if positive else 'no'}"
+      return self.name if positive else f"not {self.name}"
     return f"class {self.classes[1] if positive else self.classes[0]}"
 
   def describe(self) -> str:

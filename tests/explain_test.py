@@ -515,3 +515,11 @@ def test_quick_fills_only_what_was_left_at_zero():
   assert (mine.limit, mine.vae_epochs, mine.classifier_epochs) == (50, 3, 1)
   custom = with_quick_defaults(ExplainConfig(out="x", images="faces/", quick=True))
   assert (custom.limit, custom.vae_epochs) == (1000, 0)
+
+
+def test_the_positive_side_is_named_for_figures_and_warnings():
+  from cfajax._task import DecisionTask
+  assert DecisionTask(10, (4, 9)).side_name(True) == "class 9"
+  assert DecisionTask(10, (4, 9)).side_name(False) == "class 4"
+  assert DecisionTask(1, (0, 1), name="Young").side_name(True) == "Young"
+  assert DecisionTask(1, (0, 1), name="Young").side_name(False) == "not Young"
