@@ -174,18 +174,24 @@ def _add_train_parser(commands) -> None:
   train.add_argument("--data-dir", help="folder with the dataset's files (or holding mnist/ or "
                      "celeba/); default $CFAJAX_DATA_DIR, else tensorflow-datasets")
   train.add_argument("--out", required=True, help="checkpoint folder to write (replaced if present)")
-  train.add_argument("--epochs", type=int)
-  train.add_argument("--batch-size", type=int)
+  train.add_argument("--epochs", type=int, help="passes over the training data (default: the "
+                     "dataset's recipe)")
+  train.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's)")
   train.add_argument("--lr", type=float,
                      help="peak learning rate (default 1e-3; a GAN's: 2e-4, constant)")
   train.add_argument("--r1", type=float, help="a GAN's R1 penalty weight (default: the recipe's)")
-  train.add_argument("--weight-decay", type=float, default=0.0)
+  train.add_argument("--weight-decay", type=float, default=0.0,
+                     help="AdamW weight decay of a VAE or classifier (default 0: plain Adam)")
   train.add_argument("--seed", type=int, help="default 0, or 1 with --oracle")
-  train.add_argument("--latent-dim", type=int, help="VAE or GAN latent size")
+  train.add_argument("--latent-dim", type=int, help="VAE or GAN latent size (default: the "
+                     "recipe's)")
   train.add_argument("--beta", type=float, help="VAE KL weight (default: the dataset's recipe)")
-  train.add_argument("--widths", help="comma-separated channel widths, e.g. 32,64")
-  train.add_argument("--depth", type=int, help="classifier convolutions per stage")
-  train.add_argument("--dense-width", type=int, help="classifier hidden dense width")
+  train.add_argument("--widths", help="comma-separated channel widths, e.g. 32,64 (default: "
+                     "the recipe's)")
+  train.add_argument("--depth", type=int, help="classifier convolutions per stage (default: "
+                     "1, or 2 with --oracle)")
+  train.add_argument("--dense-width", type=int, help="classifier hidden dense width (default: "
+                     "128, or 256 with --oracle)")
   train.add_argument("--attributes", help="CelebA classifier: comma-separated attribute names "
                      f"(sigmoid heads); default {','.join(CELEBA_DEFAULT_ATTRIBUTES)}")
   train.add_argument("--oracle", action="store_true",
