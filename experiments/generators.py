@@ -1,0 +1,270 @@
+"""VAE against GAN: the same decisions explained through two generators, on the same images.
+
+Run (after the `cfajax train` commands in experiments/RESULTS.md, "Models",
+including the GAN's):
+
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=.:experiments python experiments/generators.py \\
+        --dataset mnist --data-dir ../shared/data --runs runs/mnist
+
+Reads <runs>/vae, <runs>/gan, <runs>/classifier and <runs>/oracle. For each
+explained decision (MNIST: 4 vs 9; CelebA: Young, Attractive, Male) it runs
+`cfajax.explain` twice on the same images with the same classifier, attack
+and attribute table, once with the VAE (latents from its encoder) and once
+with the GAN (latents from `invert`; badly inverted images are left out by
+the pipeline and counted). Both are then measured on the images both kept:
+
+- validity (flip rate) and steps, at threshold 0.5 and, attacking the same
+  latents again, at 0.9;
+- oracle agreement at 0.5 and 0.9 (an independent classifier's verdict on
+  the counterfactuals);
+- proximity: pixel L2 from the generator's start G(z) and from the image x;
+- how well each generator reproduces x (pixel MSE, and whether the classifier
+  decides G(z) as it decides x);
+- realism: the Fréchet distance, in the oracle's penultimate-layer features,
+  between each set of images (x, G(z), counterfactuals at 0.5 and 0.9, and
+  pixel-attack counterfactuals of the same images) and as many real
+  reference images disjoint from them (`metrics.frechet_distance`); x gives
+  the floor of real data;
+- top-5 global attributions with 95% bootstrap intervals, and their
+  stability over 100 random halvings of the images.
+
+Writes experiments/results/generators_<dataset>.json, prints the markdown
+tables of experiments/RESULTS.md, and draws
+experiments/figures/generators_<dataset>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+import cfajax
+from cfajax import metrics
+from cfajax._attribute_tables import descriptor_tables
+
+from common import FIGURES
+from common import Stopwatch
+from common import apply
+from common import hardware
+from common import markdown_table
+from common import progression_grid
+from common import split_half_overlap
+from common import write_json
+
+LATENT = {"threshold": 0.5, "step_size": 0.1, "max_steps": 500, "objective": "logit"}
+PIXEL = {"threshold": 0.5, "step_size": 0.01, "max_steps": 500, "objective": "logit"}
+GENERATORS = ("vae", "gan")
+CELEBA_HEADS = ("Young", "Attractive", "Male")
+
+
+def decisions(args):
+  """Per explained decision: (name, images, classifier, oracle, explain options), the
+  attribute table, the real reference images, and a description of the data."""
+  classifier = cfajax.load_model(Path(args.runs) / "classifier")
+  oracle = cfajax.load_model(Path(args.runs) / "oracle")
+  rng = np.random.default_rng(0)
+  if args.dataset == "mnist":
+    train = cfajax.load_mnist(args.data_dir, "train")
+    test = cfajax.load_mnist(args.data_dir, "test")
+    predicted = np.asarray(apply(classifier, test.images)).argmax(-1)
+    idx = np.flatnonzero(np.isin(predicted, (4, 9)))[:args.limit or None]
+    aux = cfajax.split_dataset(train, args.aux, seed=0)[1]
+    (table,), _ = descriptor_tables(aux)
+    pool = np.flatnonzero(np.isin(train.labels, (4, 9)))
+    reference = train.images[rng.choice(pool, args.reference, replace=False)]
+    tasks = [("4 vs 9", test.images[idx], classifier, oracle, {"classes": (4, 9)})]
+    data = (f"MNIST test digits predicted 4 or 9 ({len(idx)}); probes on {len(aux)} training "
+            f"digits' descriptors; reference: {args.reference} training 4s and 9s")
+    return tasks, table, reference, data
+  faces = cfajax.load_celeba(args.data_dir, "train", 64)
+  aux, test = cfajax.split_dataset(faces, 1000, seed=None)  # as `cfajax train` held out
+  x = test.images[:args.limit or None]
+  aux_part = cfajax.split_dataset(aux, args.aux, seed=0)[1]
+  keep, _ = cfajax.select_probe_attributes(faces.attribute_names, aux.attributes, CELEBA_HEADS)
+  table = cfajax.AttributeTable.from_dataset(aux_part).columns(keep)
+  reference = aux.images[rng.choice(len(aux), args.reference, replace=False)]
+  tasks = [(head, x, cfajax.select_output(classifier, head), cfajax.select_output(oracle, head),
+            {}) for head in CELEBA_HEADS]
+  data = (f"{len(x)} held-out CelebA faces (64x64); probes on {len(aux_part)} auxiliary faces' "
+          f"labels; reference: {args.reference} auxiliary faces")
+  return tasks, table, reference, data
+
+
+def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
+  """The metrics of one generator's run on `rows` of its examples.npz."""
+  z, z_cf, target = ex["z"][rows], ex["z_cf"][rows], ex["target"][rows]
+  starts = np.asarray(apply(decode, z))
+  out = {"reconstruction_mse_median": float(np.median(np.mean((starts - x) ** 2, (1, 2, 3))))}
+  decided = lambda images: np.asarray(apply(classifier, images))
+  same = lambda a, b: (a.argmax(-1) == b.argmax(-1)) if a.shape[-1] > 1 else ((a > 0) == (b > 0))[:, 0]
+  out["reconstruction_agreement"] = float(np.mean(same(decided(starts), decided(x))))
+  sets = {"G(z)": starts}
+  for threshold in thresholds:
+    if threshold == LATENT["threshold"]:
+      status, steps, z_t = ex["status"][rows], ex["steps"][rows], z_cf
+    else:
+      result = cfajax.counterfactual_attack(decode, classifier, z, target,
+                                            **{**LATENT, "threshold": threshold})
+      status, steps, z_t = map(np.asarray, (result.status, result.steps, result.z))
+    success = status == cfajax.Status.REACHED
+    cf = np.asarray(apply(decode, z_t))
+    l2 = lambda a, b: np.sqrt(np.sum((a - b) ** 2, (1, 2, 3)))[success]
+    out[f"t{threshold}"] = {
+        "flip_rate": float(success.mean()),
+        "median_steps": float(np.median(steps[success])) if success.any() else None,
+        "p90_steps": float(np.percentile(steps[success], 90)) if success.any() else None,
+        "oracle_agreement": metrics.oracle_agreement(oracle, cf, target,
+                                                     success=success)["agreement"],
+        "median_pixel_l2_from_start": float(np.median(l2(cf, starts))),
+        "median_pixel_l2_from_x": float(np.median(l2(cf, x)))}
+    sets[f"x' at {threshold}"] = cf
+  out["frechet"] = {name: metrics.frechet_distance(oracle_features(oracle), images[:fd],
+                                                   reference)["distance"]
+                    for name, images in sets.items()}
+  return out
+
+
+def oracle_features(oracle):
+  """The penultimate layer of the oracle (through a `select_output` head too)."""
+  return getattr(oracle, "classifier", oracle).features
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", choices=("mnist", "celeba"), required=True)
+  parser.add_argument("--data-dir", required=True)
+  parser.add_argument("--runs", required=True, help="folder with vae, gan, classifier, oracle")
+  parser.add_argument("--work", default="runs/generators", help="the explain runs' folders")
+  parser.add_argument("--out", default="")
+  parser.add_argument("--limit", type=int, default=0, help="images to explain (0: all)")
+  parser.add_argument("--aux", type=int, default=2000, help="images the probes learn from")
+  parser.add_argument("--reference", type=int, default=1000,
+                      help="real reference images for the Fréchet distance")
+  parser.add_argument("--fd", type=int, default=1000, help="images per Fréchet distance")
+  parser.add_argument("--starts", type=int, default=2, help="inversion starts per image")
+  parser.add_argument("--inversion-steps", type=int, default=300)
+  parser.add_argument("--thresholds", default="0.5,0.9")
+  args = parser.parse_args()
+  thresholds = [float(t) for t in args.thresholds.split(",")]
+  out = Path(args.out or f"experiments/results/generators_{args.dataset}.json")
+
+  clock = Stopwatch()
+  generators = {g: cfajax.load_model(Path(args.runs) / g) for g in GENERATORS}
+  tasks, table, reference, data = decisions(args)
+  record = {"hardware": hardware(), "data": data, "latent_options": LATENT,
+            "pixel_options": PIXEL, "inversion": {"starts": args.starts,
+                                                  "steps": args.inversion_steps},
+            "thresholds": thresholds, "decisions": {}}
+  clock.lap("load")
+  print(data)
+
+  for name, x_all, classifier, oracle, options in tasks:
+    runs = {}
+    for g, generator in generators.items():
+      folder = Path(args.work) / f"{args.dataset}-{name.replace(' ', '')}-{g}"
+      summary = cfajax.explain(images=x_all, classifier=classifier, generator=generator,
+                               attributes=table, out=str(folder), **options, **LATENT,
+                               inversion_starts=args.starts,
+                               inversion_steps=args.inversion_steps, log=print)
+      runs[g] = (summary, dict(np.load(folder / "examples.npz")))
+      clock.lap(f"{name}: explain with the {g}")
+    common = np.intersect1d(runs["vae"][1]["index"], runs["gan"][1]["index"])
+    x = x_all[common]
+    fd = min(args.fd, len(common), len(reference))
+    entry = {"explained": len(common), "frechet_images": fd,
+             "frechet_real_floor": metrics.frechet_distance(oracle_features(oracle), x[:fd],
+                                                            reference)["distance"]}
+    target = runs["vae"][1]["target"][np.searchsorted(runs["vae"][1]["index"], common)]
+    pixel = metrics.pixel_attack(classifier, x[:fd], target[:fd], **PIXEL)
+    pixel_cf = metrics.pixel_counterfactuals(pixel, x.shape[1:])
+    pixel_ok = np.asarray(pixel.status) == cfajax.Status.REACHED
+    entry["pixel"] = {
+        "flip_rate": float(pixel_ok.mean()),
+        "oracle_agreement": metrics.oracle_agreement(oracle, pixel_cf, target[:fd],
+                                                     success=pixel_ok)["agreement"],
+        "frechet": metrics.frechet_distance(oracle_features(oracle), pixel_cf,
+                                            reference)["distance"]}
+    clock.lap(f"{name}: pixel baseline")
+    figure = {}
+    for g, (summary, ex) in runs.items():
+      rows = np.searchsorted(ex["index"], common)
+      decode = generators[g].decode
+      result = measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds)
+      success = ex["status"][rows] == cfajax.Status.REACHED
+      names = [str(n) for n in ex["attribute_names"]]
+      psi = cfajax.global_attributions(ex["phi"][rows], ex["original_prob"][rows],
+                                       success=success, names=names, num_bootstrap=1000)
+      result.update(
+          run_examples=summary["num_examples"], inversion=summary["inversion"],
+          probes_mean_auc=float(np.nanmean([p["val_auc"] for p in summary["probes"].values()
+                                            if p["val_auc"] is not None])),
+          top5=[{"attribute": psi.names[a], "psi": float(psi.psi[a]),
+                 "ci": [float(psi.ci_low[a]), float(psi.ci_high[a])]}
+                for a in psi.ranking[:5]],
+          split_half=split_half_overlap(ex["phi"][rows], ex["original_prob"][rows], success,
+                                        names))
+      entry[g] = result
+      figure[g] = (np.asarray(apply(decode, ex["z"][rows[:8]])),
+                   np.asarray(apply(decode, ex["z_cf"][rows[:8]])))
+      clock.lap(f"{name}: measure the {g}")
+    record["decisions"][name] = entry
+    frames = np.stack([figure["vae"][0], figure["vae"][1], figure["gan"][0], figure["gan"][1]],
+                      axis=1)
+    suffix = "" if len(tasks) == 1 else "_" + name.lower()
+    progression_grid(FIGURES / f"generators_{args.dataset}{suffix}.png", x[:8], frames,
+                     [f"→ {t}" for t in target[:8]], ["VAE G(E(x))", "VAE x'", "GAN G(z*)",
+                                                      "GAN x'"], diff=False,
+                     title=f"{name}: the same images through two generators (p ≥ 0.5)")
+  record["wall_seconds"] = clock.stages
+  write_json(out, record)
+  report(record)
+
+
+def report(record):
+  rows = []
+  for name, entry in record["decisions"].items():
+    for g in GENERATORS:
+      r = entry[g]
+      for t in record["thresholds"]:
+        m = r[f"t{t}"]
+        rows.append({"decision": name, "generator": g.upper(), "threshold": t,
+                     "n": entry["explained"], "flip rate": m["flip_rate"],
+                     "median steps": m["median_steps"], "p90 steps": m["p90_steps"],
+                     "oracle agreement": m["oracle_agreement"],
+                     "pixel L2 from G(z)": m["median_pixel_l2_from_start"],
+                     "pixel L2 from x": m["median_pixel_l2_from_x"],
+                     "Fréchet (oracle features)": r["frechet"][f"x' at {t}"]})
+  print(markdown_table(rows, list(rows[0])))
+  rows = []
+  for name, entry in record["decisions"].items():
+    rows.append({"decision": name, "set": "real x (floor)", "Fréchet": entry["frechet_real_floor"]})
+    rows.append({"decision": name, "set": "pixel attack x'", "Fréchet": entry["pixel"]["frechet"],
+                 "oracle agreement": entry["pixel"]["oracle_agreement"]})
+    for g in GENERATORS:
+      r = entry[g]
+      inversion = r["inversion"] or {}
+      rows.append({"decision": name, "set": f"{g.upper()} G(z)", "Fréchet": r["frechet"]["G(z)"],
+                   "reconstruction MSE": r["reconstruction_mse_median"],
+                   "classifier agrees on G(z)": r["reconstruction_agreement"],
+                   "left out": inversion.get("left_out", 0),
+                   "probe AUC": r["probes_mean_auc"]})
+  print()
+  print(markdown_table(rows, ["decision", "set", "Fréchet", "oracle agreement",
+                              "reconstruction MSE", "classifier agrees on G(z)", "left out",
+                              "probe AUC"]))
+  print()
+  for name, entry in record["decisions"].items():
+    for g in GENERATORS:
+      r = entry[g]
+      top = ", ".join(f"{t['attribute']} {t['psi']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]"
+                      for t in r["top5"])
+      s = r["split_half"]
+      print(f"- {name}, {g.upper()}: {top}; split-half top-5 overlap "
+            f"{s['top5_overlap_mean']:.2f} (min {s['top5_overlap_min']:.1f}), rank r "
+            f"{s['rank_correlation_mean']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
