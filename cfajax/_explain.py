@@ -12,7 +12,8 @@ cfajax knows by name (digits, MNIST, CelebA) are presets that supply these
   run.json                        the options this folder belongs to, and digests of
                                   the models and examples its chunks came from
   chunks/attack-00000.npz ...     finished attack chunks (for resuming)
-  examples.npz                    per example: index, z, z', steps, status, p, p', phi
+  examples.npz                    per example: index, ids (and split, train or test, for a
+                                  preset's both splits), label, z, z', steps, status, p, p', phi
   summary.json                    psi with intervals and ranks, flip rate, steps, timings
   counterfactuals.png, global_attributions.png
 
@@ -456,6 +457,8 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
       extra["files"] = data.files[selected]
     if data.labels is not None:
       extra["label"] = data.labels[selected]
+    if inputs.split is not None:
+      extra["split"] = inputs.split[selected]
     _runfolder.save_npz(os.path.join(config.out, "examples.npz"),
                         index=selected,
                         ids=(data.ids[selected] if data.ids is not None else selected),

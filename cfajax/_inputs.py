@@ -38,6 +38,8 @@ class Inputs:
       `attributes`).
     decision: what a binary classifier decides, in words.
     info: how each part was obtained, for the summary.
+    split: for a preset's train and test splits explained together, the
+      split of each row ("train" or "test"), whose ids count from 0 in each.
   """
 
   classifier: Any
@@ -47,6 +49,7 @@ class Inputs:
   validation: AttributeTable | None
   decision: str
   info: dict[str, Any]
+  split: Any = None
 
 
 def custom_inputs(config, objects, validation, progress: bool) -> Inputs:

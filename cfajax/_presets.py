@@ -118,6 +118,9 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
     (table, validation), thresholds = descriptor_tables(train, test)
     extra = {"descriptor_thresholds": thresholds}
   info = {"generator": info["VAE"], "classifier": info["classifier"], **extra}
+  split = None
+  if config.explain_split == "all":
+    split = np.array(["train"] * len(train) + ["test"] * len(test))
   return Inputs(classifier=model, generator=models["VAE"],
                 data=explained_split(config, train, test), attributes=table,
-                validation=validation, decision=decision, info=info)
+                validation=validation, decision=decision, info=info, split=split)

@@ -49,6 +49,12 @@ def test_outputs(small_run):
   assert n > 20 and examples["z"].shape == examples["z_cf"].shape == (n, 4)
   assert examples["phi"].shape == (n, len(names)) and len(names) == 6
   assert set(np.unique(examples["target"])) <= {4, 9}
+  # Each row is found again in the preset's own split by its id.
+  assert "split" not in examples.files  # this run explains the test split alone
+  digits_test = cfajax.split_dataset(cfajax.load_digits(), 0.2, seed=0)[1]
+  row = {int(i): k for k, i in enumerate(digits_test.ids)}
+  np.testing.assert_array_equal(examples["label"],
+                                digits_test.labels[[row[int(i)] for i in examples["ids"]]])
   success = examples["status"] == cfajax.Status.REACHED
   assert summary["flip_rate"] == pytest.approx(np.mean(success))
   # A reached target means the pair decision sits on the target's side.
@@ -523,3 +529,16 @@ def test_the_positive_side_is_named_for_figures_and_warnings():
   assert DecisionTask(10, (4, 9)).side_name(False) == "class 4"
   assert DecisionTask(1, (0, 1), name="Young").side_name(True) == "Young"
   assert DecisionTask(1, (0, 1), name="Young").side_name(False) == "not Young"
+
+
+def test_rows_from_both_splits_name_their_split(small_run, tmp_path):
+  cfajax.explain(config_like(small_run, tmp_path / "all", explain_split="all", limit=30),
+                 progress=False, log=None)
+  examples = np.load(tmp_path / "all" / "examples.npz")
+  train, test = cfajax.split_dataset(cfajax.load_digits(), 0.2, seed=0)
+  for split, data in (("train", train), ("test", test)):
+    rows = examples["split"] == split
+    assert rows.any()
+    row = {int(i): k for k, i in enumerate(data.ids)}
+    np.testing.assert_array_equal(examples["label"][rows],
+                                  data.labels[[row[int(i)] for i in examples["ids"][rows]]])
