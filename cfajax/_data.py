@@ -355,13 +355,17 @@ def _download_mnist_with_tfds(*names: str) -> list[Path]:
   hint = (f"pass data_dir= (or --data-dir) pointing at a folder with the four MNIST IDX "
           f"files, or set ${DATA_DIR_ENV}")
   tfds = _import_tfds(hint)
-  folder, before = None, set()
+  failed = lambda e: RuntimeError(f"could not get MNIST through tensorflow-datasets ({e}); "
+                                  f"{hint}")
   try:
     builder = tfds.builder("mnist")
-    folder = Path(builder.data_dir_root) / "downloads"
-    before = {e.name for e in folder.iterdir()} if folder.is_dir() else set()
-    if not all(any(n in name for name in before) for n in names):
-      _require_network("MNIST", hint)
+  except Exception as e:  # tfds failures all end the same way
+    raise failed(e) from e
+  folder = Path(builder.data_dir_root) / "downloads"
+  before = {e.name for e in folder.iterdir()} if folder.is_dir() else set()
+  if not all(any(n in name for name in before) for n in names):
+    _require_network("MNIST", hint)
+  try:
     try:
       url_infos = builder.url_infos  # registered checksums, where readable
     except Exception:  # optional: some installs cannot read the checksum file
@@ -369,28 +373,27 @@ def _download_mnist_with_tfds(*names: str) -> list[Path]:
     manager = tfds.download.DownloadManager(download_dir=folder, url_infos=url_infos,
                                             dataset_name="mnist")
     paths = manager.download({n: builder.URL + n + ".gz" for n in names})
-  except RuntimeError:
-    raise
   except Exception as e:  # network or tfds failures all end the same way
-    if folder is not None:
-      _remove_partial_downloads(folder, before)
-    raise RuntimeError(f"could not get MNIST through tensorflow-datasets ({e}); {hint}") from e
+    _remove_partial_downloads(folder, before)
+    raise failed(e) from e
   return [Path(os.fspath(paths[n])) for n in names]
 
 
 def _tfds_source(name: str, split: str, hint: str):
   """`tfds.data_source(name, split)`; fails fast offline when it would download."""
   tfds = _import_tfds(hint)
+  failed = lambda e: RuntimeError(f"could not read {name}/{split} through tensorflow-datasets "
+                                  f"({e}); {hint}")
   try:
-    builder = tfds.builder(name)
-    if not builder.is_prepared():
-      _require_network(f"{name} is not prepared here: it", hint)
+    prepared = tfds.builder(name).is_prepared()
+  except Exception as e:  # unknown dataset, unreadable metadata
+    raise failed(e) from e
+  if not prepared:
+    _require_network(f"{name} is not prepared here: it", hint)
+  try:
     return tfds.data_source(name, split=split)
-  except RuntimeError:
-    raise
   except Exception as e:  # download or preparation failures
-    raise RuntimeError(f"could not read {name}/{split} through tensorflow-datasets ({e}); "
-                       f"{hint}") from e
+    raise failed(e) from e
 
 
 # -- CelebA -------------------------------------------------------------------
