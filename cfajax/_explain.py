@@ -53,9 +53,9 @@ from cfajax._explain_config import RESUMABLE_OPTIONS
 from cfajax._explain_config import TRAINING_OPTIONS
 from cfajax._explain_config import ExplainConfig
 from cfajax._explain_config import applicable_options
-from cfajax._explain_config import with_quick_defaults
 from cfajax._explain_config import check_config
 from cfajax._explain_config import check_option_names
+from cfajax._explain_config import with_quick_defaults
 from cfajax._loop import Status
 from cfajax._probes import fit_probes
 from cfajax._task import DecisionTask

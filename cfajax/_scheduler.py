@@ -302,8 +302,9 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
                             jnp.asarray(stop_at, jnp.int32), jnp.asarray(narrower, jnp.int32),
                             problem=problem, mesh=mesh)
     iterations = np.asarray(pool.iterations).astype(np.int64)
-    ran = int(np.max(iterations - iterations_before))
-    slot_steps += int(np.sum(iterations - iterations_before)) * width
+    advanced = iterations - iterations_before
+    ran = int(np.max(advanced))
+    slot_steps += int(np.sum(advanced)) * width
     iterations_before = iterations
     occupied = np.asarray(pool.slot_index) >= 0
     if segment_seconds is not None and ran:

@@ -48,6 +48,14 @@ def _check_images(model_shape, dataset: ImageDataset):
     raise ValueError(f"{dataset.name or 'dataset'} is empty")
 
 
+def _checked_images(data, name: str, model_shape) -> ImageDataset:
+  """`data` (an `ImageDataset` or an image array) as a non-empty dataset whose images fit
+  the model."""
+  dataset = _as_dataset(data, name)
+  _check_images(model_shape, dataset)
+  return dataset
+
+
 def make_optimizer(
     learning_rate: float, total_steps: int, warmup_fraction: float = 0.05,
     weight_decay: float = 0.0,
@@ -68,16 +76,19 @@ def _mean_metrics(per_step: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]
 
 def _fit(model, dataset: ImageDataset, targets, step_fn, evaluate, *, epochs, batch_size,
          learning_rate, weight_decay, seed, progress, on_epoch, desc, names=(),
-         make_tx=True) -> History:
-  """The epoch loop shared by the trainers (`make_tx`: one Adam optimizer of the model;
-  the GAN brings its own two)."""
+         optimizer=None) -> History:
+  """The epoch loop shared by the trainers.
+
+  `step_fn(model, optimizer, x, y, key)` gets `optimizer`: by default one
+  (Adam)W of the model's parameters from `learning_rate` and `weight_decay`;
+  the GAN passes its own pair.
+  """
   n = len(dataset)
   batch_size = min(int(batch_size), n)
   steps_per_epoch = n // batch_size
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1; got {epochs}")
-  optimizer = None
-  if make_tx:
+  if optimizer is None:
     tx = make_optimizer(learning_rate, epochs * steps_per_epoch, weight_decay=weight_decay)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   order_rng = np.random.default_rng(seed)
@@ -170,8 +181,7 @@ def evaluate_vae(vae: ConvVAE, data, *, batch_size: int = 256, seed: int = 0) ->
     to the prior (nats per image); "loss": the negative beta-ELBO per image
     with one posterior sample.
   """
-  dataset = _as_dataset(data, "images")
-  _check_images(vae.config.image_shape, dataset)
+  dataset = _checked_images(data, "images", vae.config.image_shape)
   key = jax.random.key(seed)
   counter = itertools.count()
   per_example = map_batches(
@@ -213,11 +223,9 @@ def train_vae(
     "epoch", "train_loss", "train_recon_bce", "train_mse", "train_kl", the
     same with "test_" when `test` is given, and "seconds".
   """
-  train = _as_dataset(train, "train")
-  _check_images(vae.config.image_shape, train)
+  train = _checked_images(train, "train", vae.config.image_shape)
   if test is not None:
-    test = _as_dataset(test, "test")
-    _check_images(vae.config.image_shape, test)
+    test = _checked_images(test, "test", vae.config.image_shape)
   evaluate = (lambda: {}) if test is None else (
       lambda: evaluate_vae(vae, test, batch_size=max(batch_size, 256), seed=seed))
   history = _fit(
@@ -406,8 +414,7 @@ def evaluate_gan(gan: ConvGAN, data, *, batch_size: int = 256, seed: int = 0,
     not measured).
   """
   from cfajax._inversion import invert
-  dataset = _as_dataset(data, "images")
-  _check_images(gan.config.image_shape, dataset)
+  dataset = _checked_images(data, "images", gan.config.image_shape)
   key = jax.random.key(seed)
   counter = itertools.count()
   scores = map_batches(
@@ -456,20 +463,18 @@ def train_gan(
     "train_g_loss", "train_r1", "train_d_real", "train_d_fake", the
     `evaluate_gan` numbers with "test_" when `test` is given, and "seconds".
   """
-  train = _as_dataset(train, "train")
-  _check_images(gan.config.image_shape, train)
+  train = _checked_images(train, "train", gan.config.image_shape)
   if test is not None:
-    test = _as_dataset(test, "test")
-    _check_images(gan.config.image_shape, test)
+    test = _checked_images(test, "test", gan.config.image_shape)
   r1 = float(r1_gamma)
   tx = optax.adam(learning_rate, b1=0.5, b2=0.999)
   optimizers = (nnx.Optimizer(gan.discriminator, tx, wrt=nnx.Param),
                 nnx.Optimizer(gan.generator, tx, wrt=nnx.Param))
-  step = lambda model, _, x, y, key: _gan_train_step(model, optimizers, x, y, key, r1)
+  step = lambda model, pair, x, y, key: _gan_train_step(model, pair, x, y, key, r1)
   evaluate = (lambda: {}) if test is None else (lambda: evaluate_gan(gan, test, seed=seed))
   history = _fit(gan, train, None, step, evaluate, epochs=epochs, batch_size=batch_size,
                  learning_rate=learning_rate, weight_decay=0.0, seed=seed, progress=progress,
-                 on_epoch=on_epoch, desc="train gan", make_tx=False)
+                 on_epoch=on_epoch, desc="train gan", optimizer=optimizers)
   return gan, history
 
 
