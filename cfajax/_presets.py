@@ -32,18 +32,20 @@ def image_size(config) -> int:
 
 
 def explained_split(config, train, test):
-  """The examples to explain: one split, or both (train first)."""
+  """`(data, split)`: the examples to explain, one split or both (train first), and for
+  both the split of each row (their ids count from 0 in each), else None."""
   if config.explain_split == "train":
-    return train
+    return train, None
   if config.explain_split == "test":
-    return test
+    return test, None
   join = lambda a, b: None if a is None or b is None else np.concatenate([a, b])
   base = train.name.split("[")[0].split("/")[0]
-  return dataclasses.replace(
+  both = dataclasses.replace(
       train, images=np.concatenate([train.images, test.images]),
       labels=join(train.labels, test.labels), attributes=join(train.attributes, test.attributes),
       ids=join(train.ids, test.ids), files=join(train.files, test.files),
       name=f"{base} (train and test)")
+  return both, np.array(["train"] * len(train) + ["test"] * len(test))
 
 
 def _restore_or_train(kind, path, config, train, test, progress, log):
@@ -118,9 +120,6 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
     (table, validation), thresholds = descriptor_tables(train, test)
     extra = {"descriptor_thresholds": thresholds}
   info = {"generator": info["VAE"], "classifier": info["classifier"], **extra}
-  split = None
-  if config.explain_split == "all":
-    split = np.array(["train"] * len(train) + ["test"] * len(test))
-  return Inputs(classifier=model, generator=models["VAE"],
-                data=explained_split(config, train, test), attributes=table,
+  data, split = explained_split(config, train, test)
+  return Inputs(classifier=model, generator=models["VAE"], data=data, attributes=table,
                 validation=validation, decision=decision, info=info, split=split)
