@@ -18,6 +18,13 @@ Counterfactual attack
   AttackResult, Status
   local_mesh(devices=None) -> Mesh      the device mesh the attack shards over
 
+Counterfactuals without a generator (DISC-style deep inversion)
+  data_free_attack(classify, images, target, *, prior="implicit"|"pixels", progressive,
+                   tv_weight, l2_weight, proximity_weight, statistics=, manifold=, ...)
+    -> DataFreeResult: .images, .steps, .status, .initial_prob, .final_prob, .success
+  DUQ(config, rngs=), DUQConfig     certainty near class centroids: DISC's manifold model
+  train_duq(duq, train, test=None, **options) -> (duq, history);  evaluate_duq(duq, data)
+
 Latent inversion (for generators without an encoder, e.g. GANs)
   invert(decode, images, *, encode=None, latent_dim=None, features=None, starts, ...)
     -> InversionResult: .z, .loss, .pixel_mse, .steps, .status, .start, .start_losses
@@ -29,7 +36,7 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
   ConvGAN(config, rngs=)            .decode .discriminate  (no encoder: latents by invert)
   GANConfig
-  build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN
+  build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN | DUQ
 
 Training and evaluation
   train_vae(vae, train, test=None, **options) -> (vae, history)
@@ -104,6 +111,8 @@ _EXPORTS = {
     "DESCRIPTOR_NAMES": "cfajax._descriptors",
     "binarize_descriptors": "cfajax._descriptors",
     "digit_descriptors": "cfajax._descriptors",
+    "DataFreeResult": "cfajax._data_free",
+    "data_free_attack": "cfajax._data_free",
     "InversionResult": "cfajax._inversion",
     "invert": "cfajax._inversion",
     "AttackResult": "cfajax._loop",
@@ -112,6 +121,8 @@ _EXPORTS = {
     "ClassifierConfig": "cfajax._models",
     "ConvGAN": "cfajax._models",
     "ConvVAE": "cfajax._models",
+    "DUQ": "cfajax._models",
+    "DUQConfig": "cfajax._models",
     "GANConfig": "cfajax._models",
     "Generator": "cfajax._models",
     "VAEConfig": "cfajax._models",
@@ -121,10 +132,12 @@ _EXPORTS = {
     "fit_probes": "cfajax._probes",
     "local_mesh": "cfajax._scheduler",
     "evaluate_classifier": "cfajax._train",
+    "evaluate_duq": "cfajax._train",
     "evaluate_gan": "cfajax._train",
     "evaluate_vae": "cfajax._train",
     "reconstruct": "cfajax._train",
     "train_classifier": "cfajax._train",
+    "train_duq": "cfajax._train",
     "train_gan": "cfajax._train",
     "train_vae": "cfajax._train",
 }
@@ -159,6 +172,9 @@ __all__ = [
     "Status",
     "counterfactual_attack",
     "local_mesh",
+    # data-free counterfactuals
+    "DataFreeResult",
+    "data_free_attack",
     # inversion
     "InversionResult",
     "invert",
@@ -167,16 +183,20 @@ __all__ = [
     "ClassifierConfig",
     "ConvGAN",
     "ConvVAE",
+    "DUQ",
+    "DUQConfig",
     "GANConfig",
     "Generator",
     "VAEConfig",
     "build_model",
     # training
     "evaluate_classifier",
+    "evaluate_duq",
     "evaluate_gan",
     "evaluate_vae",
     "reconstruct",
     "train_classifier",
+    "train_duq",
     "train_gan",
     "train_vae",
     # checkpoints

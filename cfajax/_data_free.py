@@ -1,0 +1,577 @@
+"""Counterfactuals from the classifier alone: deep inversion toward a target (DISC).
+
+No generator and no training data: for each query image `x` and target `t`,
+an image `x'` is optimised directly, through an image prior, until the
+classifier gives `t` the `threshold` probability. Per example it minimises
+
+    L(x') = -objective(f(x'), t)                          the attack's objective
+            + tv_weight         * TV(x')                  mean |horizontal and vertical differences|
+            + l2_weight         * mean x'^2               (deep inversion's image priors)
+            + proximity_weight  * mean |x' - x|           stay near the query
+            + statistics_weight * mean (s(x') - s*)^2     feature statistics (DeepInversion)
+            + manifold_weight   * -log K_t(x')            manifold consistency (DISC)
+
+over the parameters of an image prior:
+
+* `"pixels"`: the pixels themselves (image space optimisation, as in plain
+  deep inversion), started at the query;
+* `"implicit"`: an implicit neural representation of the change, one small
+  coordinate MLP per example on NeRF-style Fourier features of the pixel
+  coordinates, `x' = clip(x + mlp(gamma(p)))`, its last layer zero at the
+  start so that `x'` starts at the query. The network can express only
+  changes that are smooth at the scale of its frequencies, a stronger prior
+  than free pixels.
+
+Either prior's image is clipped to [0, 1] with a straight-through gradient
+(`clip_through`), so that a pixel pushed out of range can come back.
+
+`progressive=True` optimises coarse to fine in `stages` stages of
+`stage_steps` updates: for pixels, a pyramid of changes at 1/2^k of the
+resolution (bilinearly upsampled) is unlocked from the coarsest level
+down, each level with an optimizer of its own; for the implicit prior,
+the Fourier bands are grouped and each group is faded in linearly over one
+stage (as coarse-to-fine positional encoding does for neural fields).
+
+Where the terms come from. DISC (Thiagarajan et al., NeurIPS 2021, "Designing
+Counterfactual Generators using Deep Model Inversion") improves plain deep
+inversion (pixel optimisation with total-variation and l2 priors, plus
+DeepInversion's matching of feature statistics to a network's normalisation
+layers) with (a) stronger image priors (deep image prior, implicit neural
+representations), (b) a manifold-consistency objective and (c) progressive
+optimisation. Its supplement trains the manifold-consistency models with the
+code of Deterministic Uncertainty Quantification (van Amersfoort et al., ICML
+2020); cfajax's term is DUQ's: the negative log RBF certainty of the target
+class, `-log K_t(x') = mean_j (W_t f(x') - e_t)_j^2 / (2 sigma^2)`, the
+scaled squared distance of the counterfactual's embedding to the centroid of
+the target class's training data (`cfajax.DUQ`, trained once with
+`train_duq`; at attack time only the trained model is needed). Any callable
+giving (B, K) log-certainties may take its place. The paper's equations and
+weights could not be consulted here, so the weights' defaults are cfajax's,
+tuned on MNIST training digits (experiments/RESULTS.md, "Counterfactuals
+without a generator").
+
+It runs on the attack's machinery (`_scheduler.py`): one example's state and
+update, vmapped; the gradient of the batch's summed loss, in which each row
+depends on its own parameters alone; continuous or static scheduling over a
+device mesh; `Status` codes instead of exceptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfajax import _checks
+from cfajax import _scheduler
+from cfajax._attack import _optimizer_factory
+from cfajax._attack import check_targets
+from cfajax._callables import as_pure_callable
+from cfajax._loop import OBJECTIVES
+from cfajax._loop import PRECISIONS
+from cfajax._loop import RUNNING
+from cfajax._loop import Status
+from cfajax._loop import cast_model
+from cfajax._loop import make_transformation
+from cfajax._loop import target_scores
+
+PRIORS = ("pixels", "implicit")
+SCHEDULES = ("continuous", "static")
+# Adam learning rates per prior, tuned with the weights (RESULTS.md).
+DEFAULT_STEP_SIZES = {"pixels": 0.01, "implicit": 0.002}
+
+
+class DataFreeHyper(NamedTuple):
+  """Traced options: new values never compile again."""
+
+  threshold: jax.Array  # () float32
+  step_size: jax.Array  # () the images' dtype
+  max_steps: jax.Array  # () int32
+  grad_tol: jax.Array  # () float32
+  stage_steps: jax.Array  # () int32, updates per progressive stage
+  tv_weight: jax.Array
+  l2_weight: jax.Array
+  proximity_weight: jax.Array
+  statistics_weight: jax.Array
+  manifold_weight: jax.Array
+  statistics_reference: jax.Array  # (k,) float32; (0,) without a statistics model
+
+
+class DataFreeState(NamedTuple):
+  """One example's carry. Shapes are for one example."""
+
+  params: Any  # the image prior's parameters
+  opt_state: Any
+  query: jax.Array  # (H, W, C)
+  target: jax.Array  # () int32
+  image: jax.Array  # (H, W, C) the image at the last check
+  steps: jax.Array  # () int32
+  status: jax.Array  # () int32, RUNNING or a `Status`
+  initial_prob: jax.Array  # () float32
+  final_prob: jax.Array  # () float32
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DataFreeResult:
+  """Counterfactual images and why each stopped; a pytree of arrays.
+
+  Attributes:
+    images: (n, H, W, C) the counterfactuals (the image at the last check).
+    target: (n,) int32 target of each query.
+    steps: (n,) int32 updates taken (0 if the target held at once).
+    status: (n,) int32 `Status` codes.
+    initial_prob: (n,) float32 target probability of the query.
+    final_prob: (n,) float32 target probability of the counterfactual.
+  """
+
+  images: jax.Array
+  target: jax.Array
+  steps: jax.Array
+  status: jax.Array
+  initial_prob: jax.Array
+  final_prob: jax.Array
+
+  @property
+  def success(self) -> jax.Array:
+    """(n,) bool: whether each query reached its target."""
+    return self.status == Status.REACHED
+
+  def __len__(self) -> int:
+    return self.images.shape[0]
+
+
+def total_variation(image: jax.Array) -> jax.Array:
+  """Anisotropic total variation of one (H, W, C) image: the mean absolute
+  difference of vertically and horizontally adjacent pixels, summed."""
+  return (jnp.mean(jnp.abs(image[1:] - image[:-1]))
+          + jnp.mean(jnp.abs(image[:, 1:] - image[:, :-1])))
+
+
+def clip_through(image: jax.Array) -> jax.Array:
+  """`image` clipped to [0, 1], with the gradient of the identity (straight-through).
+
+  A hard clip gives a pixel pushed past 0 or 1 a zero gradient for good: no
+  later step could bring it back, and a coarse level or a smooth change that
+  overshoots in one region would freeze every pixel there.
+  """
+  return image + jax.lax.stop_gradient(jnp.clip(image, 0.0, 1.0) - image)
+
+
+def _pyramid_shapes(image_shape, stages: int) -> list[tuple[int, int, int]]:
+  """The coarse levels' shapes, coarsest first: 1/2^k of the resolution, k = stages-1..1."""
+  h, w, c = image_shape
+  return [(max(1, -(-h // 2 ** k)), max(1, -(-w // 2 ** k)), c) for k in range(stages - 1, 0, -1)]
+
+
+def _coordinates(height: int, width: int) -> np.ndarray:
+  """(H*W, 2) pixel centres in [-1, 1]."""
+  ys = (np.arange(height) + 0.5) / height * 2 - 1
+  xs = (np.arange(width) + 0.5) / width * 2 - 1
+  grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1)
+  return grid.reshape(-1, 2).astype(np.float32)
+
+
+def default_frequencies(image_shape) -> int:
+  """Fourier bands whose finest period is about two pixels of the larger side."""
+  return max(1, math.ceil(math.log2(max(image_shape[:2]))))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFreeProblem:
+  """The scheduler's problem (static). models = (classify[, statistics][, manifold])."""
+
+  image_shape: tuple[int, int, int]
+  prior: str = "pixels"
+  progressive: bool = False
+  stages: int = 3
+  objective: str = "logit"
+  optimizer: Any = None  # a factory of a learning rate, or a ready transformation
+  precision: str = "float32"
+  has_statistics: bool = False
+  has_manifold: bool = False
+  width: int = 64
+  depth: int = 2
+  frequencies: int = 5
+  seed: int = 0
+
+  # -- the image prior -------------------------------------------------------
+
+  def _levels(self) -> int:
+    return self.stages if (self.prior == "pixels" and self.progressive) else 1
+
+  def init_params(self, query: jax.Array):
+    """The prior's parameters for one query (H, W, C), from which it renders the query."""
+    if self.prior == "pixels":
+      coarse = [jnp.zeros(shape, query.dtype)
+                for shape in (_pyramid_shapes(self.image_shape, self.stages)
+                              if self.progressive else [])]
+      return {"fine": query, "coarse": coarse}
+    sizes = [2 + 4 * self.frequencies] + [self.width] * self.depth + [self.image_shape[2]]
+    keys = jax.random.split(jax.random.key(self.seed), len(sizes) - 1)
+    layers = []
+    for i, (key, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+      last = i == len(sizes) - 2
+      kernel = (jnp.zeros((fan_in, fan_out), query.dtype) if last  # the change starts at zero
+                else jax.random.normal(key, (fan_in, fan_out), query.dtype)
+                * np.sqrt(2.0 / fan_in).astype(query.dtype))
+      layers.append({"kernel": kernel, "bias": jnp.zeros((fan_out,), query.dtype)})
+    return layers
+
+  def _band_weights(self, steps, stage_steps):
+    """(frequencies,) each band's weight now: 1, or fading in over its group's stage."""
+    if not self.progressive:
+      return jnp.ones((self.frequencies,))
+    group = np.minimum(np.arange(self.frequencies) * self.stages // self.frequencies,
+                       self.stages - 1)
+    progress = steps.astype(jnp.float32) / jnp.maximum(stage_steps, 1).astype(jnp.float32)
+    return jnp.where(group == 0, 1.0, jnp.clip(progress - group, 0.0, 1.0))
+
+  def render(self, params, query, steps, stage_steps) -> jax.Array:
+    """One counterfactual image (H, W, C) in [0, 1] from the prior's parameters."""
+    h, w, c = self.image_shape
+    if self.prior == "pixels":
+      image = params["fine"]
+      for level in params["coarse"]:
+        image = image + jax.image.resize(level, (h, w, c), "linear")
+      return clip_through(image)
+    p = jnp.asarray(_coordinates(h, w), query.dtype)
+    scales = (2.0 ** jnp.arange(self.frequencies, dtype=query.dtype)) * jnp.pi
+    angles = p[:, None, :] * scales[None, :, None]  # (HW, F, 2)
+    weights = self._band_weights(steps, stage_steps).astype(query.dtype)[None, :, None]
+    hidden = jnp.concatenate([p, (weights * jnp.sin(angles)).reshape(h * w, -1),
+                              (weights * jnp.cos(angles)).reshape(h * w, -1)], -1)
+    for i, layer in enumerate(params):
+      hidden = hidden @ layer["kernel"] + layer["bias"]
+      if i < len(params) - 1:
+        hidden = jax.nn.relu(hidden)
+    return clip_through(query + hidden.reshape(h, w, c))
+
+  def _active(self, steps, stage_steps):
+    """For progressive pixels: per level (coarse..., fine) whether it may move now."""
+    levels = self._levels()
+    stage = jnp.minimum(steps // jnp.maximum(stage_steps, 1), levels - 1)
+    return [stage >= k for k in range(levels)]
+
+  # -- the scheduler's protocol ----------------------------------------------
+
+  def cast(self, models):
+    return tuple(cast_model(m, self.precision) for m in models)
+
+  def init(self, hyper: DataFreeHyper, z, target) -> DataFreeState:
+    query = z.reshape(self.image_shape)
+    params = self.init_params(query)
+    return DataFreeState(
+        params=params, opt_state=self._init_opt(hyper, params), query=query,
+        target=jnp.asarray(target, jnp.int32), image=query, steps=jnp.array(0, jnp.int32),
+        status=jnp.array(RUNNING, jnp.int32), initial_prob=jnp.array(jnp.nan, jnp.float32),
+        final_prob=jnp.array(jnp.nan, jnp.float32))
+
+  def _init_opt(self, hyper, params):
+    tx = make_transformation(self.optimizer, hyper.step_size)
+    if self.prior == "pixels":  # one optimizer per level: each starts when its level does
+      return [tx.init(level) for level in [*params["coarse"], params["fine"]]]
+    return tx.init(params)
+
+  def _loss(self, models, hyper, params, query, target, steps):
+    """One example's loss, target probability and image, from its own parameters."""
+    classify = models[0]
+    image = self.render(params, query, steps, hyper.stage_steps)
+    x = image[None].astype(self.precision)
+    logits = classify(x)[0]
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    log_odds, log_prob = target_scores(logits, target)
+    value = {"logit": log_odds, "prob": jnp.exp(log_prob), "log_prob": log_prob}[self.objective]
+    loss = (-value + hyper.tv_weight * total_variation(image)
+            + hyper.l2_weight * jnp.mean(jnp.square(image))
+            + hyper.proximity_weight * jnp.mean(jnp.abs(image - query)))
+    index = 1
+    if self.has_statistics:
+      stats = models[index](x)[0].astype(jnp.float32)
+      loss = loss + hyper.statistics_weight * jnp.mean(
+          jnp.square(stats - hyper.statistics_reference))
+      index += 1
+    if self.has_manifold:
+      log_certainty = models[index](x)[0].astype(jnp.float32)
+      loss = loss - hyper.manifold_weight * log_certainty[target]
+    return loss, (jnp.exp(log_prob), image)
+
+  def step(self, models, hyper: DataFreeHyper, states: DataFreeState) -> DataFreeState:
+    per_example = jax.vmap(self._loss, in_axes=(None, None, 0, 0, 0, 0))
+
+    def total(params):
+      losses, aux = per_example(models, hyper, params, states.query, states.target, states.steps)
+      return jnp.sum(losses), (losses, aux)
+
+    grads, (loss, (prob, image)) = jax.grad(total, has_aux=True)(states.params)
+    return jax.vmap(self._update, in_axes=(None, 0, 0, 0, 0, 0))(
+        hyper, states, loss, prob, image, grads)
+
+  def _update(self, hyper, state: DataFreeState, loss, prob, image, grads) -> DataFreeState:
+    running = state.status == RUNNING
+    if self.prior == "pixels":
+      active = self._active(state.steps, hyper.stage_steps)
+      grad_levels = [g * a for g, a in zip([*grads["coarse"], grads["fine"]], active)]
+      leaves = grad_levels
+    else:
+      leaves = jax.tree_util.tree_leaves(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(prob)
+              & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])))
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
+    status = jnp.select(
+        [prob >= hyper.threshold, ~finite, state.steps >= hyper.max_steps,
+         grad_norm <= hyper.grad_tol],
+        [Status.REACHED, Status.NON_FINITE, Status.MAX_STEPS, Status.ZERO_GRADIENT],
+        RUNNING).astype(jnp.int32)
+    status = jnp.where(running, status, state.status)
+    move = status == RUNNING
+    tx = make_transformation(self.optimizer, hyper.step_size)
+    if self.prior == "pixels":
+      levels = [*state.params["coarse"], state.params["fine"]]
+      new_levels, new_opt = [], []
+      for level, grad, opt, on in zip(levels, grad_levels, state.opt_state, active):
+        updates, opt_next = tx.update(grad, opt, level)
+        go = move & on
+        new_levels.append(jnp.where(go, level + updates, level))
+        new_opt.append(jax.tree_util.tree_map(lambda n, o, go=go: jnp.where(go, n, o),
+                                              opt_next, opt))
+      params = {"coarse": new_levels[:-1], "fine": new_levels[-1]}
+      opt_state = new_opt
+    else:
+      updates, opt_next = tx.update(grads, state.opt_state, state.params)
+      keep = lambda new, old: jnp.where(move, new, old)
+      params = jax.tree_util.tree_map(lambda p, u: keep(p + u, p), state.params, updates)
+      opt_state = jax.tree_util.tree_map(keep, opt_next, state.opt_state)
+    prob = prob.astype(jnp.float32)
+    return DataFreeState(
+        params=params, opt_state=opt_state, query=state.query, target=state.target,
+        image=jnp.where(running, image, state.image),
+        steps=state.steps + move.astype(jnp.int32), status=status,
+        initial_prob=jnp.where(running & (state.steps == 0), prob, state.initial_prob),
+        final_prob=jnp.where(running, prob, state.final_prob))
+
+  def result(self, states: DataFreeState) -> DataFreeResult:
+    return DataFreeResult(images=states.image, target=states.target, steps=states.steps,
+                          status=states.status, initial_prob=states.initial_prob,
+                          final_prob=states.final_prob)
+
+
+# -- validation, in Python before anything is traced -------------------------------
+
+
+def _check_images(images) -> np.ndarray:
+  if not hasattr(images, "shape"):
+    images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be query images (n, H, W, C); got shape {tuple(images.shape)}")
+  host = np.asarray(images)
+  if not np.issubdtype(host.dtype, np.floating):
+    raise ValueError(f"images must be floating-point in [0, 1]; got dtype {host.dtype}")
+  if not np.all(np.isfinite(host)):
+    bad = np.flatnonzero(~np.all(np.isfinite(host.reshape(len(host), -1)), axis=1))
+    raise ValueError(f"images must be finite; {bad.size} hold NaN or inf, first at row {bad[0]}")
+  if host.size and (host.min() < 0 or host.max() > 1):
+    raise ValueError(f"images must lie in [0, 1] (the prior clips counterfactuals to it); got "
+                     f"values in [{host.min():.4g}, {host.max():.4g}]")
+  return host
+
+
+def _output_shape(name: str, fn, image_shape, dtype) -> tuple[int, ...]:
+  probe = jax.ShapeDtypeStruct((2, *image_shape), dtype)
+  try:
+    out = jax.eval_shape(fn, probe)
+  except Exception as e:  # any tracing failure is a contract violation
+    raise ValueError(f"{name} failed on images of shape (2, {', '.join(map(str, image_shape))}); "
+                     f"expected a function of (B, H, W, C) images: {e}") from e
+  if not hasattr(out, "shape") or out.ndim != 2 or out.shape[0] != 2:
+    got = getattr(out, "shape", type(out).__name__)
+    raise ValueError(f"{name} must map images (B, H, W, C) to (B, k); for B=2 it returned {got}")
+  return tuple(out.shape[1:])
+
+
+def _empty_result(image_shape) -> DataFreeResult:
+  zeros = lambda dtype: np.zeros((0,), dtype)
+  return DataFreeResult(images=np.zeros((0, *image_shape), np.float32), target=zeros(np.int32),
+                        steps=zeros(np.int32), status=zeros(np.int32),
+                        initial_prob=zeros(np.float32), final_prob=zeros(np.float32))
+
+
+def data_free_attack(
+    classify: Callable,
+    images,
+    target,
+    *,
+    prior: str = "implicit",
+    progressive: bool = True,
+    stages: int = 3,
+    stage_steps: int = 20,
+    tv_weight: float = 0.05,
+    l2_weight: float = 0.0,
+    proximity_weight: float = 3.0,
+    statistics: Callable | None = None,
+    statistics_reference=None,
+    statistics_weight: float = 1.0,
+    manifold: Callable | None = None,
+    manifold_weight: float = 0.03,
+    threshold: float = 0.5,
+    step_size: float | None = None,
+    max_steps: int = 500,
+    objective: str = "logit",
+    optimizer="adam",
+    grad_tol: float = 0.0,
+    precision: str = "float32",
+    width: int = 64,
+    depth: int = 2,
+    frequencies: int = 0,
+    seed: int = 0,
+    batch_size: int = 1024,
+    schedule: str = "continuous",
+    mesh=None,
+    progress=False,
+    return_stats: bool = False,
+) -> DataFreeResult:
+  """Counterfactuals of query images from the classifier alone (DISC-style deep inversion).
+
+  Each query is optimised independently, through its image prior, until the
+  classifier gives its target `threshold` probability (see the module
+  docstring for the loss). The defaults are full DISC with cfajax's tuned
+  weights (the manifold term needs `manifold`, e.g. a trained `cfajax.DUQ`);
+  plain deep inversion is `prior="pixels", progressive=False` with
+  `tv_weight` and `l2_weight` (and `statistics` for a network with
+  normalisation layers); `prior="pixels", progressive=False` and every weight
+  0 is the pixel attack (`cfajax.metrics.pixel_attack`) with Adam, except
+  that a pixel pushed out of [0, 1] keeps its gradient (straight-through).
+
+  Args:
+    classify: images (B, H, W, C) -> logits (B, K), as for
+      `counterfactual_attack`.
+    images: (n, H, W, C) query images in [0, 1].
+    target: () or (n,) target classes, as for `counterfactual_attack`.
+    prior: "implicit" (a per-example coordinate MLP of the change) or
+      "pixels".
+    progressive: optimise coarse to fine over `stages` stages of
+      `stage_steps` updates each.
+    tv_weight, l2_weight, proximity_weight: weights of total variation,
+      mean squared intensity, and mean absolute change from the query.
+    statistics: optional images -> (B, k) feature statistics, e.g. the
+      per-channel means and variances of the inputs of a network's
+      normalisation layers; matched to `statistics_reference` (k,), e.g.
+      those layers' running means and variances, with `statistics_weight`.
+    manifold: optional images -> (B, K') log-certainties with one column per
+      target class (a `cfajax.DUQ`); `-manifold(x')[t]` is weighted by
+      `manifold_weight`.
+    threshold, max_steps, objective, grad_tol, precision, batch_size,
+      schedule, mesh, progress, return_stats: as for `counterfactual_attack`.
+    step_size, optimizer: the optimizer (default Adam) and its learning rate
+      (default `DEFAULT_STEP_SIZES[prior]`).
+    width, depth, frequencies: the implicit prior's MLP (hidden width and
+      layers) and Fourier bands (0: `default_frequencies`, finest period about
+      two pixels).
+    seed: the implicit prior's initial weights (shared by every example).
+
+  Returns:
+    A `DataFreeResult` of length n (and the scheduler's stats if
+    `return_stats`).
+
+  Raises:
+    ValueError: on images, targets, models or options of the wrong type,
+      shape or range.
+  """
+  images = _check_images(images)
+  # The prior's parameters are float32, or float64 for float64 models.
+  images = images.astype(np.float64 if precision == "float64" else np.float32)
+  n, image_shape = len(images), tuple(images.shape[1:])
+  _checks.choice("prior", prior, PRIORS)
+  _checks.choice("objective", objective, OBJECTIVES)
+  _checks.choice("precision", precision, PRECISIONS)
+  _checks.choice("schedule", schedule, SCHEDULES)
+  if precision == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("precision='float64' needs 64-bit JAX: set "
+                     "jax.config.update('jax_enable_x64', True) first")
+  stages = _checks.integer("stages", stages, low=1, high=8)
+  if prior == "pixels" and progressive and min(image_shape[:2]) < 2 ** (stages - 1):
+    raise ValueError(f"{stages} progressive stages halve {image_shape[:2]} images "
+                     f"{stages - 1} times; use fewer stages")
+  width = _checks.integer("width", width, low=1)
+  depth = _checks.integer("depth", depth, low=1)
+  frequencies = _checks.integer("frequencies", frequencies, low=0, high=16)
+  frequencies = frequencies or default_frequencies(image_shape)
+  batch_size = _checks.integer("batch_size", batch_size, low=1)
+  step_size = DEFAULT_STEP_SIZES[prior] if step_size is None else step_size
+  weights = {name: _checks.number(name, value, low=0.0) for name, value in (
+      ("tv_weight", tv_weight), ("l2_weight", l2_weight), ("proximity_weight", proximity_weight),
+      ("statistics_weight", statistics_weight), ("manifold_weight", manifold_weight))}
+
+  classify = as_pure_callable(classify)
+  logits_shape = _output_shape("classify", classify, image_shape, np.float32)
+  target = check_targets(target, n, logits_shape[0])
+  models = [classify]
+  reference = np.zeros((0,), np.float32)
+  if statistics is not None:
+    statistics = as_pure_callable(statistics)
+    (k,) = _output_shape("statistics", statistics, image_shape, np.float32)
+    if statistics_reference is None:
+      raise ValueError("statistics needs statistics_reference: the (k,) values to match, e.g. "
+                       "a network's normalisation layers' running means and variances")
+    reference = np.asarray(statistics_reference, np.float32)
+    if reference.shape != (k,) or not np.all(np.isfinite(reference)):
+      raise ValueError(f"statistics_reference must be {k} finite values, one per statistic; got "
+                       f"shape {reference.shape}")
+    models.append(statistics)
+  elif statistics_reference is not None:
+    raise ValueError("statistics_reference was given without statistics, the function whose "
+                     "values it is")
+  if manifold is not None:
+    manifold = as_pure_callable(manifold)
+    (classes,) = _output_shape("manifold", manifold, image_shape, np.float32)
+    if target.size and target.max() >= classes:
+      raise ValueError(f"manifold gives {classes} log-certainties, one per class; the targets go "
+                       f"up to {target.max()}")
+    models.append(manifold)
+
+  hyper = DataFreeHyper(
+      threshold=jnp.asarray(_checks.number("threshold", threshold, low=0.0, high=1.0,
+                                           low_open=True, high_open=True), jnp.float32),
+      step_size=jnp.asarray(_checks.number("step_size", step_size, low=0.0, low_open=True),
+                            images.dtype),
+      max_steps=jnp.asarray(_checks.integer("max_steps", max_steps, low=0), jnp.int32),
+      grad_tol=jnp.asarray(_checks.number("grad_tol", grad_tol, low=0.0), jnp.float32),
+      stage_steps=jnp.asarray(_checks.integer("stage_steps", stage_steps, low=1), jnp.int32),
+      statistics_reference=jnp.asarray(reference),
+      **{name: jnp.asarray(value, jnp.float32) for name, value in weights.items()})
+  problem = DataFreeProblem(
+      image_shape=image_shape, prior=prior, progressive=bool(progressive), stages=stages,
+      objective=objective, optimizer=_optimizer_factory(optimizer), precision=precision,
+      has_statistics=statistics is not None, has_manifold=manifold is not None, width=width,
+      depth=depth, frequencies=frequencies, seed=int(seed))
+  if n == 0:
+    empty = _empty_result(image_shape)
+    return (empty, {"loop_iterations": []}) if return_stats else empty
+
+  bar, own_bar = None, False
+  if hasattr(progress, "update"):
+    bar = progress
+  elif progress:
+    from tqdm.auto import tqdm
+    bar, own_bar = tqdm(total=n, desc="data-free counterfactuals", unit="image"), True
+  flat = images.reshape(n, -1)
+  try:
+    if schedule == "static":
+      result, stats = _scheduler.run_static(problem, tuple(models), flat, target, hyper,
+                                            batch_size=batch_size, progress=bar)
+    else:
+      mesh = _scheduler.local_mesh() if mesh is None else mesh
+      if batch_size < mesh.devices.size:
+        raise ValueError(f"batch_size ({batch_size}) is smaller than the {mesh.devices.size} "
+                         "devices the continuous schedule splits its pool over")
+      result, stats = _scheduler.run_continuous(
+          problem, tuple(models), flat, target, hyper, batch_size=batch_size, mesh=mesh,
+          progress=bar, segment_seconds=_scheduler.SEGMENT_SECONDS)
+  finally:
+    if own_bar:
+      bar.close()
+  return (result, stats) if return_stats else result
