@@ -58,6 +58,17 @@ EXPLAIN_HELP = {
     "learning_rate": "Adam's learning rate (with --optimizer adam)",
     "precision": "float32, or bfloat16 for the models' arithmetic",
     "pool_size": "latents on the device at once",
+    "attack": "how counterfactuals are made: latent (through the generator, the paper's), "
+              "data-free (DISC-style deep inversion from the classifier alone) or pixel (the "
+              "adversarial baseline); for the last two the generator only measures phi",
+    "manifold": "data-free: a DUQ checkpoint (cfajax.train_duq) or module:factory for the "
+                "manifold-consistency term",
+    "data_free_prior": "data-free: implicit (a per-image coordinate MLP of the change) or pixels",
+    "data_free_progressive": "data-free: optimise coarse to fine",
+    "tv_weight": "data-free: weight of the total-variation prior",
+    "l2_weight": "data-free: weight of the mean squared intensity prior",
+    "proximity_weight": "data-free: weight of the mean absolute change from the query",
+    "manifold_weight": "data-free: weight of the manifold-consistency term (with --manifold)",
     "inversion_starts": "starts per image when latents are found by inversion",
     "inversion_steps": "most Adam steps per inversion start",
     "inversion_step_size": "the inversion's Adam learning rate",
@@ -165,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
 def _add_train_parser(commands) -> None:
   """Adds `cfajax train vae|classifier` to the subcommands."""
   train = commands.add_parser(
-      "train", help="train a VAE, a GAN or a classifier (or the oracle) and save a checkpoint",
+      "train", help="train a VAE, a GAN, a classifier (or the oracle) or a DUQ and save a "
+      "checkpoint",
       description="Train a model on MNIST, CelebA or scikit-learn's digits and save it with "
       "orbax. Classifiers learn from the first half of the training split and oracles "
       "(--oracle) from the second half, so that the oracle never saw the classifier's data.")
-  train.add_argument("model", choices=("vae", "classifier", "gan"))
+  train.add_argument("model", choices=("vae", "classifier", "gan", "duq"),
+                     help="duq: the data-free attack's manifold model (explain --manifold)")
   train.add_argument("--dataset", choices=sorted(RECIPES), required=True)
   train.add_argument("--data-dir", help="folder with the dataset's files (or holding mnist/ or "
                      "celeba/); default $CFAJAX_DATA_DIR, else tensorflow-datasets")
@@ -193,7 +206,8 @@ def _add_train_parser(commands) -> None:
   train.add_argument("--dense-width", type=int, help="classifier hidden dense width (default: "
                      "128, or 256 with --oracle)")
   train.add_argument("--attributes", help="CelebA classifier: comma-separated attribute names "
-                     f"(sigmoid heads); default {','.join(CELEBA_DEFAULT_ATTRIBUTES)}")
+                     f"(sigmoid heads); default {','.join(CELEBA_DEFAULT_ATTRIBUTES)}; CelebA "
+                     "DUQ: the one attribute whose two values are its classes")
   train.add_argument("--oracle", action="store_true",
                      help="train the independent oracle classifier: another architecture and "
                      "seed, on the second half of the training split")

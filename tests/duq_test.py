@@ -60,3 +60,20 @@ def test_bad_configs_and_labels_are_named():
   digits = cfajax.load_digits()
   with pytest.raises(ValueError, match=r"labels lie in \[0, 9\]; the DUQ model has 3 classes"):
     cfajax.train_duq(duq, digits, epochs=1, progress=False)
+
+
+def test_cfajax_train_duq_writes_a_manifold_model_that_explain_uses(tmp_path):
+  from cfajax._cli import main
+  path = tmp_path / "duq"
+  assert main(["train", "duq", "--dataset", "digits", "--epochs", "2", "--widths", "8,16",
+               "--no-progress", "--out", str(path)]) == 0
+  info = cfajax.read_checkpoint_info(path)
+  assert info["kind"] == "duq" and info["config"]["num_classes"] == 10
+  assert [r["epoch"] for r in info["metrics"]["history"]] == [1, 2]
+  from cfajax import _recipes
+  celeba_like = cfajax.ImageDataset(np.zeros((4, 8, 8, 3), np.float32),
+                                    attributes=np.array([[0, 1], [1, 0], [1, 1], [0, 0]]),
+                                    attribute_names=("Young", "Male"))
+  assert list(_recipes._with_attribute_labels(celeba_like, "Male").labels) == [1, 0, 1, 0]
+  with pytest.raises(ValueError, match="a CelebA DUQ learns one attribute's two values"):
+    _recipes.train_model("duq", "celeba", celeba_like, celeba_like, attributes=("Young", "Male"))
