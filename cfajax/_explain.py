@@ -14,6 +14,8 @@ cfajax knows by name (digits, MNIST, CelebA) are presets that supply these
   chunks/attack-00000.npz ...     finished attack chunks (for resuming)
   examples.npz                    per example: index, ids (and split, train or test, for a
                                   preset's both splits), label, z, z', steps, status, p, p', phi
+                                  (and counterfactual_images for the data-free and pixel
+                                  attacks, whose x' is not decode(z'))
   summary.json                    psi with intervals and ranks, flip rate, steps, timings
   counterfactuals.png, global_attributions.png
 
@@ -34,7 +36,7 @@ import dataclasses
 import os
 import platform
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -156,11 +158,49 @@ def _attack_options(config: ExplainConfig) -> dict[str, Any]:
   """The attack's options that change results (pool_size changes none)."""
   options = dict(threshold=config.threshold, max_steps=config.max_steps,
                  objective=config.objective, precision=config.precision)
+  if config.attack == "data-free":
+    return {**options, "prior": config.data_free_prior,
+            "progressive": config.data_free_progressive, "tv_weight": config.tv_weight,
+            "l2_weight": config.l2_weight, "proximity_weight": config.proximity_weight,
+            "manifold_weight": config.manifold_weight, "seed": config.seed}
   if config.optimizer == "adam":
     options.update(optimizer="adam", step_size=config.learning_rate)
   else:
     options["step_size"] = config.step_size
   return options
+
+
+class _ImageRows(NamedTuple):
+  """An image attack's result as the chunk runner stores it: `z` holds the
+  flattened counterfactual images."""
+
+  z: np.ndarray
+  steps: np.ndarray
+  status: np.ndarray
+  initial_prob: np.ndarray
+  final_prob: np.ndarray
+
+
+def _image_attack(config, classifier, image_shape, manifold):
+  """The data-free or pixel attack over rows of flattened images, for the chunk runner."""
+  from cfajax import metrics
+  from cfajax._data_free import data_free_attack
+  options = _attack_options(config)
+
+  def attack(rows, target, bar):
+    images = rows.reshape(len(rows), *image_shape)
+    if config.attack == "pixel":
+      result = metrics.pixel_attack(classifier, images, target, batch_size=config.pool_size,
+                                    progress=bar, **options)
+      counterfactuals = metrics.pixel_counterfactuals(result, image_shape)
+    else:
+      result = data_free_attack(classifier, images, target, manifold=manifold,
+                                batch_size=config.pool_size, progress=bar, **options)
+      counterfactuals = np.asarray(result.images)
+    return _ImageRows(counterfactuals.reshape(len(rows), -1), *(np.asarray(a) for a in (
+        result.steps, result.status, result.initial_prob, result.final_prob)))
+
+  return attack
 
 
 def _probe_report(probes, a_train, a_test) -> dict[str, dict[str, float]]:
@@ -382,31 +422,50 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
   if bars:
     from tqdm.auto import tqdm
     bar = tqdm(total=len(z), desc="counterfactuals", unit="example")
-  options = _attack_options(config)
+  options = {"attack": config.attack, **_attack_options(config)}
   chunk_size = _runfolder.chunk_size_for(len(z), config.chunk_size)
-  attack = lambda z_rows, t_rows, bar: counterfactual_attack(
-      parts.decode, inputs.classifier, z_rows, t_rows, batch_size=config.pool_size,
-      progress=bar, **options)
+  digests = [models["generator"]["digest"], models["classifier"]["digest"]]
+  if config.attack == "latent":
+    starts = z
+    attack = lambda z_rows, t_rows, bar: counterfactual_attack(
+        parts.decode, inputs.classifier, z_rows, t_rows, batch_size=config.pool_size,
+        progress=bar, **_attack_options(config))
+  else:  # the images themselves are attacked; the generator only measures phi
+    starts = images.reshape(len(images), -1).astype(np.float32)
+    manifold = None
+    if config.manifold is not None:
+      manifold = _sources.load_model_spec(config.manifold, "manifold")
+      models["manifold"] = {"source": config.manifold, "digest": _sources.callable_digest(
+          manifold, jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}
+      digests.append(models["manifold"]["digest"])
+    attack = _image_attack(config, inputs.classifier, contract.image_shape, manifold)
   try:
     rows, resumed = _runfolder.attack_in_chunks(
-        config.out, attack, z, target, chunk_size=chunk_size,
-        attack_digest=_hashing.digest_json(options),
-        models_digest=_hashing.digest_json([models["generator"]["digest"],
-                                            models["classifier"]["digest"]]),
+        config.out, attack, starts, target, chunk_size=chunk_size,
+        attack_digest=_hashing.digest_json(options), models_digest=_hashing.digest_json(digests),
         progress=bar, log=log)
   finally:
     if bar is not None:
       bar.close()
   lap("attack")
 
-  z_cf = rows["z_cf"]
-  success = rows["status"] == Status.REACHED
-  cf_images = apply_batched(parts.decode, z_cf)
   recon = apply_batched(parts.decode, z)
+  if config.attack == "latent":
+    z_cf = rows["z_cf"]
+    cf_images = apply_batched(parts.decode, z_cf)
+  else:
+    cf_images = rows["z_cf"].reshape(images.shape)
+    # A failed, non-finite counterfactual is measured as its original (phi 0;
+    # psi counts successes only): neither encoder nor inversion takes NaN.
+    finite = np.all(np.isfinite(rows["z_cf"]), axis=1)
+    measured = np.where(finite[:, None, None, None], cf_images, images)
+    z_cf, _ = _inputs.latents_of(config, parts, contract, measured, "counterfactuals", bars,
+                                 log)
+  success = rows["status"] == Status.REACHED
   cf_prob = task.positive_prob(apply_batched(inputs.classifier, cf_images))
-  # A non-finite latent has no counterfactual, whatever a model makes of its
-  # NaN image (XLA's max, in a ReLU or a max pool, can turn NaN into 0).
-  cf_prob[~np.all(np.isfinite(z_cf), axis=1)] = np.nan
+  # A non-finite latent or image has no counterfactual, whatever a model makes of
+  # its NaN image (XLA's max, in a ReLU or a max pool, can turn NaN into 0).
+  cf_prob[~np.all(np.isfinite(rows["z_cf"]), axis=1)] = np.nan
   phi = np.asarray(local_attributions(probes, z, z_cf))
   psi = None
   if success.any():
@@ -443,6 +502,10 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
                            "left_out_inversions": dropped_fit + dropped_check},
       "reconstruction_agreement": agreement,
       "inversion": inversion,
+      "attack": config.attack,
+      **({} if config.attack == "latent" else {"attribution_measurement": (
+          "phi = g(E(x')) - g(E(x)): the counterfactual images, made without the generator, "
+          "and the originals encoded by it, for measurement only")}),
       "models": models,
       **{k: v for k, v in inputs.info.items() if k not in ("generator", "classifier")},
       "timings_s": timings,
@@ -459,6 +522,8 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
       extra["label"] = data.labels[selected]
     if inputs.split is not None:
       extra["split"] = inputs.split[selected]
+    if config.attack != "latent":  # not decode(z_cf): the images themselves
+      extra["counterfactual_images"] = cf_images.astype(np.float32)
     _runfolder.save_npz(os.path.join(config.out, "examples.npz"),
                         index=selected,
                         ids=(data.ids[selected] if data.ids is not None else selected),

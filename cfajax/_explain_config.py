@@ -21,6 +21,7 @@ from typing import Any
 # summation order inside batched products; model, image and attribute sources
 # count by their digests, data_dir by the latents it leads to.)
 RESUMABLE_OPTIONS = ("out", "data_dir", "generator", "classifier", "images", "attributes",
+                     "manifold",
                      "pool_size", "chunk_size", "exclude_attributes",
                      "max_attribute_correlation", "probe_c", "probe_class_weight",
                      "probe_standardize", "probe_validation_fraction", "num_bootstrap",
@@ -75,6 +76,17 @@ class ExplainConfig:
       independent oracle agreed with 69% of them on the quick start's digits,
       against 97.5% at 0.9 for three more steps (experiments/RESULTS.md,
       "Stopping threshold").
+    attack: what makes each counterfactual: "latent" (the attack on the
+      generator's latents, the paper's), "data-free" (`data_free_attack`,
+      DISC-style deep inversion from the classifier alone) or "pixel" (the
+      pixel attack, the adversarial baseline, with the latent attack's step
+      options). For "data-free" and "pixel" the generator is used only to
+      measure attributions: phi = g(E(x')) - g(E(x)), x and x' encoded.
+    manifold, data_free_prior, data_free_progressive, tv_weight, l2_weight,
+      proximity_weight, manifold_weight: the data-free attack's options: a
+      DUQ checkpoint (or `module:factory`) for the manifold term, the image
+      prior, coarse-to-fine optimisation, and the terms' weights (its
+      learning rate is `DEFAULT_STEP_SIZES[prior]`).
     inversion_starts, inversion_steps, inversion_step_size,
       inversion_prior_weight: for a generator without `encode`, how latents
       are found (`invert`).
@@ -119,6 +131,14 @@ class ExplainConfig:
   learning_rate: float = 0.05
   precision: str = "float32"
   pool_size: int = 4096
+  attack: str = "latent"
+  manifold: str | None = None
+  data_free_prior: str = "implicit"
+  data_free_progressive: bool = True
+  tv_weight: float = 0.05
+  l2_weight: float = 0.0
+  proximity_weight: float = 10.0
+  manifold_weight: float = 0.003
   inversion_starts: int = 4
   inversion_steps: int = 500
   inversion_step_size: float = 0.05
@@ -180,6 +200,14 @@ def applicable_options(config: ExplainConfig, *, binary: bool, inverted: bool) -
   if binary:
     unused.add("classes")
   unused.add("learning_rate" if config.optimizer == "ascent" else "step_size")
+  data_free = {"manifold", "data_free_prior", "data_free_progressive", "tv_weight", "l2_weight",
+               "proximity_weight", "manifold_weight"}
+  if config.attack != "data-free":
+    unused |= data_free
+  else:
+    unused |= {"step_size", "learning_rate", "optimizer"}  # Adam at the prior's rate
+    if config.manifold is None:
+      unused.add("manifold_weight")
   if not inverted:
     unused |= {"inversion_starts", "inversion_steps", "inversion_step_size",
                "inversion_prior_weight", "max_inversion_error"}
@@ -272,6 +300,20 @@ def check_config(config: ExplainConfig) -> None:
   if pool_size < jax.local_device_count():
     raise ValueError(f"pool_size ({pool_size}) must be at least the number of local devices "
                      f"({jax.local_device_count()}) the attack's pool is split over")
+  _checks.choice("attack", c.attack, ("latent", "data-free", "pixel"))
+  _optional_path("manifold", c.manifold)
+  _checks.choice("data_free_prior", c.data_free_prior, ("implicit", "pixels"))
+  for name in ("tv_weight", "l2_weight", "proximity_weight", "manifold_weight"):
+    _checks.number(name, getattr(c, name), low=0.0)
+  if c.manifold is not None and c.attack != "data-free":
+    raise ValueError(f"manifold is a model of the data-free attack; attack is {c.attack!r} "
+                     "(pass attack='data-free', or leave manifold out)")
+  if c.manifold is not None:
+    from cfajax import _sources
+    if not _sources.is_import_string(c.manifold) and not os.path.exists(c.manifold):
+      raise FileNotFoundError(f"manifold {c.manifold!r}: no checkpoint folder there (train one "
+                              "with `cfajax train duq`), and not an import string of the form "
+                              "package.module:factory")
   _checks.integer("inversion_starts", c.inversion_starts, low=1, high=1024)
   _checks.integer("inversion_steps", c.inversion_steps, low=0)
   _checks.number("inversion_step_size", c.inversion_step_size, low=0.0, low_open=True)
@@ -282,7 +324,7 @@ def check_config(config: ExplainConfig) -> None:
   _checks.number("probe_c", c.probe_c, low=0.0, low_open=True)
   if c.probe_class_weight not in (None, "balanced"):
     raise ValueError(f"probe_class_weight must be None or 'balanced'; got {c.probe_class_weight!r}")
-  for name in ("probe_standardize", "quick"):
+  for name in ("probe_standardize", "quick", "data_free_progressive"):
     if not isinstance(getattr(c, name), (bool, np.bool_)):
       raise ValueError(f"{name} must be True or False; got {getattr(c, name)!r}")
   _checks.number("probe_validation_fraction", c.probe_validation_fraction, low=0.0, high=1.0,

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import cfajax
+from cfajax._batching import apply_batched
 from cfajax._explain import ExplainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -370,6 +371,9 @@ def test_a_second_writer_is_refused_until_the_first_is_gone(small_run, tmp_path)
     ("num_bootstrap", -1, r"num_bootstrap must be an integer in \[0, "),
     ("target_attribute", "Youngish", "target_attribute must be one of CelebA's attributes"),
     ("dataset", "cifar", "dataset must be one of 'digits', 'mnist', 'celeba'"),
+    ("attack", "dip", "attack must be one of 'latent', 'data-free', 'pixel'"),
+    ("manifold", "runs/duq", "manifold is a model of the data-free attack; attack is 'latent'"),
+    ("tv_weight", -0.1, "tv_weight must be a finite number >= 0"),
 ])
 def test_invalid_options_are_refused_before_any_work(tmp_path, option, value, match):
   out = tmp_path / "never"
@@ -542,3 +546,37 @@ def test_rows_from_both_splits_name_their_split(small_run, tmp_path):
     row = {int(i): k for k, i in enumerate(data.ids)}
     np.testing.assert_array_equal(examples["label"][rows],
                                   data.labels[[row[int(i)] for i in examples["ids"][rows]]])
+
+
+def test_image_attacks_explain_through_the_encoder_and_resume(small_run, tmp_path):
+  # The data-free and pixel attacks change the images themselves; phi is measured
+  # by encoding x and x' with the generator, so z' is E(x'), never decode's input.
+  config, _ = small_run
+  vae = cfajax.load_model(os.path.join(config.out, "models", "vae"))
+  for attack, options in (("data-free", dict(data_free_prior="pixels", max_steps=60)),
+                          ("pixel", dict(step_size=0.05, max_steps=60))):
+    out = tmp_path / attack
+    summary = cfajax.explain(config_like(small_run, out, attack=attack, limit=24, **options),
+                             progress=False, log=None)
+    assert summary["attack"] == attack and "for measurement only" in summary[
+        "attribution_measurement"]
+    examples = np.load(out / "examples.npz")
+    images = examples["counterfactual_images"]
+    assert images.shape == (24, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
+    np.testing.assert_allclose(examples["z_cf"], apply_batched(vae.encode, images), rtol=1e-5,
+                               atol=1e-6)
+    success = examples["status"] == cfajax.Status.REACHED
+    assert success.mean() > 0.5, success.mean()
+    flipped = (examples["counterfactual_prob"] >= 0.5) == (examples["target"] == 9)
+    assert np.all(flipped[success])
+    again = cfajax.explain(config_like(small_run, out, attack=attack, limit=24, **options),
+                           progress=False, log=None)
+    assert again["num_resumed"] == 24
+  with pytest.raises(FileNotFoundError, match="train one with `cfajax train duq`"):
+    cfajax.explain(config_like(small_run, tmp_path / "never", attack="data-free",
+                               manifold=str(tmp_path / "no-duq")), progress=False, log=None)
+  assert not (tmp_path / "never").exists()
+  with pytest.raises(ValueError, match=r"tv_weight: 0.05 -> 0.5"):
+    cfajax.explain(config_like(small_run, tmp_path / "data-free", attack="data-free", limit=24,
+                               data_free_prior="pixels", max_steps=60, tv_weight=0.5),
+                   progress=False, log=None)
