@@ -65,20 +65,29 @@ def choice(name: str, value, choices) -> str:
   return value
 
 
-def latents(z, name: str = "z") -> np.ndarray:
-  """`z` as a host array after checking it is a finite (n, d) float array."""
-  if not hasattr(z, "shape"):
-    z = np.asarray(z)
-  if z.ndim != 2:
-    raise ValueError(f"{name} must be latents of shape (n, d); got shape {tuple(z.shape)}")
-  host = np.asarray(z)
+def finite_rows(x, name: str, ndim: int, what: str, row: str) -> np.ndarray:
+  """`x` as a host array after checking it is a finite float array of `ndim` axes.
+
+  `what` names the expected array in the error ("latents of shape (n, d)"),
+  `row` one of its rows ("latent").
+  """
+  if not hasattr(x, "shape"):
+    x = np.asarray(x)
+  if x.ndim != ndim:
+    raise ValueError(f"{name} must be {what}; got shape {tuple(x.shape)}")
+  host = np.asarray(x)
   if not jnp.issubdtype(host.dtype, jnp.floating):
     raise ValueError(f"{name} must be a floating-point array; got dtype {host.dtype}")
   if not np.all(np.isfinite(host)):
-    bad = np.flatnonzero(~np.all(np.isfinite(host), axis=1))
+    bad = np.flatnonzero(~np.all(np.isfinite(host.reshape(len(host), -1)), axis=1))
     raise ValueError(
-        f"{name} must be finite; {bad.size} latent(s) hold NaN or inf, first at row {bad[0]}")
+        f"{name} must be finite; {bad.size} {row}(s) hold NaN or inf, first at row {bad[0]}")
   return host
+
+
+def latents(z, name: str = "z") -> np.ndarray:
+  """`z` as a host array after checking it is a finite (n, d) float array."""
+  return finite_rows(z, name, 2, "latents of shape (n, d)", "latent")
 
 
 def _range(low, high, low_open, high_open) -> str:

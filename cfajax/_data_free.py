@@ -72,6 +72,7 @@ from cfajax._attack import _optimizer_factory
 from cfajax._attack import check_targets
 from cfajax._callables import as_pure_callable
 from cfajax._loop import OBJECTIVES
+from cfajax._loop import Outcome
 from cfajax._loop import PRECISIONS
 from cfajax._loop import RUNNING
 from cfajax._loop import Status
@@ -82,7 +83,7 @@ from cfajax._loop import target_scores
 PRIORS = ("pixels", "implicit")
 SCHEDULES = ("continuous", "static")
 # Adam learning rates per prior, tuned with the weights (RESULTS.md).
-DEFAULT_STEP_SIZES = {"pixels": 0.01, "implicit": 0.002}
+DEFAULT_STEP_SIZES = {"pixels": 0.01, "implicit": 0.001}
 
 
 class DataFreeHyper(NamedTuple):
@@ -117,7 +118,7 @@ class DataFreeState(NamedTuple):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class DataFreeResult:
+class DataFreeResult(Outcome):
   """Counterfactual images and why each stopped; a pytree of arrays.
 
   Attributes:
@@ -135,14 +136,6 @@ class DataFreeResult:
   status: jax.Array
   initial_prob: jax.Array
   final_prob: jax.Array
-
-  @property
-  def success(self) -> jax.Array:
-    """(n,) bool: whether each query reached its target."""
-    return self.status == Status.REACHED
-
-  def __len__(self) -> int:
-    return self.images.shape[0]
 
 
 def total_variation(image: jax.Array) -> jax.Array:
@@ -364,16 +357,7 @@ class DataFreeProblem:
 
 
 def _check_images(images) -> np.ndarray:
-  if not hasattr(images, "shape"):
-    images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f"images must be query images (n, H, W, C); got shape {tuple(images.shape)}")
-  host = np.asarray(images)
-  if not np.issubdtype(host.dtype, np.floating):
-    raise ValueError(f"images must be floating-point in [0, 1]; got dtype {host.dtype}")
-  if not np.all(np.isfinite(host)):
-    bad = np.flatnonzero(~np.all(np.isfinite(host.reshape(len(host), -1)), axis=1))
-    raise ValueError(f"images must be finite; {bad.size} hold NaN or inf, first at row {bad[0]}")
+  host = _checks.finite_rows(images, "images", 4, "query images (n, H, W, C)", "image")
   if host.size and (host.min() < 0 or host.max() > 1):
     raise ValueError(f"images must lie in [0, 1] (the prior clips counterfactuals to it); got "
                      f"values in [{host.min():.4g}, {host.max():.4g}]")
@@ -411,12 +395,12 @@ def data_free_attack(
     stage_steps: int = 20,
     tv_weight: float = 0.05,
     l2_weight: float = 0.0,
-    proximity_weight: float = 3.0,
+    proximity_weight: float = 10.0,
     statistics: Callable | None = None,
     statistics_reference=None,
     statistics_weight: float = 1.0,
     manifold: Callable | None = None,
-    manifold_weight: float = 0.03,
+    manifold_weight: float = 0.003,
     threshold: float = 0.5,
     step_size: float | None = None,
     max_steps: int = 500,

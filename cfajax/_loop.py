@@ -112,9 +112,23 @@ class LatentState(NamedTuple):
   final_prob: jax.Array  # () float32, target probability at the last check
 
 
+class Outcome:
+  """What every attack's result says of its (n,) `status`: which reached the target."""
+
+  status: jax.Array
+
+  @property
+  def success(self) -> jax.Array:
+    """(n,) bool: whether each example reached its target."""
+    return self.status == Status.REACHED
+
+  def __len__(self) -> int:
+    return self.status.shape[0]
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class AttackResult:
+class AttackResult(Outcome):
   """Counterfactual latents and why each stopped; a pytree of arrays.
 
   Attributes:
@@ -132,14 +146,6 @@ class AttackResult:
   status: jax.Array
   initial_prob: jax.Array
   final_prob: jax.Array
-
-  @property
-  def success(self) -> jax.Array:
-    """(n,) bool: whether each latent reached its target."""
-    return self.status == Status.REACHED
-
-  def __len__(self) -> int:
-    return self.z.shape[0]
 
 
 def target_scores(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -187,7 +187,7 @@ def test_bad_inputs_are_named():
   stats = lambda images: images.reshape(len(images), -1)[:, :3]
   cases = [
       (dict(images=x[0]), r"images must be query images \(n, H, W, C\); got shape \(4, 4, 1\)"),
-      (dict(images=(x * 255).astype(np.uint8)), "images must be floating-point"),
+      (dict(images=(x * 255).astype(np.uint8)), "images must be a floating-point array"),
       (dict(images=np.where(x > 0.5, np.nan, x)), "images must be finite"),
       (dict(images=x * 3), r"images must lie in \[0, 1\]"),
       (dict(prior="dip"), "prior must be one of 'pixels', 'implicit'"),
