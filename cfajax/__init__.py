@@ -25,6 +25,10 @@ Counterfactuals without a generator (DISC-style deep inversion)
   DUQ(config, rngs=), DUQConfig     certainty near class centroids: DISC's manifold model
   train_duq(duq, train, test=None, **options) -> (duq, history);  evaluate_duq(duq, data)
 
+Robustness
+  pgd_attack(classify, images, labels, *, epsilon, norm="linf"|"l2", steps, ...) -> images
+  robust_accuracy(classify, images, labels, **pgd_options) -> {"clean", "robust"}
+
 Latent inversion (for generators without an encoder, e.g. GANs)
   invert(decode, images, *, encode=None, latent_dim=None, features=None, starts, ...)
     -> InversionResult: .z, .loss, .pixel_mse, .steps, .status, .start, .start_losses
@@ -128,6 +132,8 @@ _EXPORTS = {
     "VAEConfig": "cfajax._models",
     "build_model": "cfajax._models",
     "select_output": "cfajax._models",
+    "pgd_attack": "cfajax._pgd",
+    "robust_accuracy": "cfajax._pgd",
     "Probes": "cfajax._probes",
     "fit_probes": "cfajax._probes",
     "local_mesh": "cfajax._scheduler",
@@ -175,6 +181,9 @@ __all__ = [
     # data-free counterfactuals
     "DataFreeResult",
     "data_free_attack",
+    # robustness
+    "pgd_attack",
+    "robust_accuracy",
     # inversion
     "InversionResult",
     "invert",
