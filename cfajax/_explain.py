@@ -534,7 +534,8 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
     _plots.counterfactual_grid(
         os.path.join(config.out, "counterfactuals.png"), images, recon, cf_images,
         original_prob, cf_prob, rows["status"], count=config.num_figure_examples,
-        seed=config.seed, title=summary["task"], positive=task.side_name(True))
+        seed=config.seed, title=summary["task"], positive=task.side_name(True),
+        image_attack=config.attack != "latent")
     if psi is not None:
       _plots.global_attribution_bars(
           os.path.join(config.out, "global_attributions.png"), psi, title=summary["task"],

@@ -31,8 +31,12 @@ def _show(ax, image: np.ndarray) -> None:
 
 def counterfactual_grid(path, originals, reconstructions, counterfactuals, original_prob,
                         counterfactual_prob, status, *, count=8, seed=0, title="",
-                        positive="the positive class"):
+                        positive="the positive class", image_attack=False):
   """Saves a grid: originals, their reconstructions G(z), counterfactuals G(z'), and G(z') - G(z).
+
+  For an attack on the images themselves (`image_attack`: data-free or
+  pixel), the counterfactuals are x' and the last row is x' - x; G(z) is
+  shown as what the attributions' encoder makes of x.
 
   Columns are drawn from the attacks that reached their target; only when
   there are fewer of those than `count` are failed attacks shown, labelled in
@@ -61,10 +65,11 @@ def counterfactual_grid(path, originals, reconstructions, counterfactuals, origi
   chosen = np.sort(np.concatenate([chosen, failed[rng.permutation(failed.size)[:count - chosen.size]]]))
   columns = [(int(i), "" if success[i] else Status(int(status[i])).name) for i in chosen]
   columns_shown = max(1, len(columns))
-  difference = (counterfactuals - reconstructions).mean(axis=-1)
+  start, edited = ("x", "x'") if image_attack else ("G(z)", "G(z')")
+  difference = (counterfactuals - (originals if image_attack else reconstructions)).mean(axis=-1)
   finite = [i for i in chosen if success[i] and np.all(np.isfinite(difference[i]))]
   scale = max(1e-6, float(np.abs(difference[finite]).max())) if finite else 1.0
-  rows = ("original x", "G(z)", "counterfactual G(z')", "G(z') - G(z)")
+  rows = ("original x", "G(z)", f"counterfactual {edited}", f"{edited} - {start}")
   fig, axes = plt.subplots(4, columns_shown, figsize=(1.4 * columns_shown + 2.2, 6.2),
                            squeeze=False)
   image = None
@@ -88,12 +93,12 @@ def counterfactual_grid(path, originals, reconstructions, counterfactuals, origi
     axes[row, 0].set_ylabel(label, fontsize=8)
   if image is not None:
     bar = fig.colorbar(image, ax=list(axes[3]), fraction=0.04, pad=0.02)
-    bar.set_label("G(z') - G(z)", fontsize=7)
+    bar.set_label(f"{edited} - {start}", fontsize=7)
     bar.ax.tick_params(labelsize=6)
   failed_shown = sum(1 for _, failure in columns if failure)
   note = (f"; {failed_shown} failed attack(s) shown, marked 'not reached'"
           if failed_shown else "")
-  fig.suptitle(f"{title}\np: probability of {positive}; red: brighter in G(z')" + note,
+  fig.suptitle(f"{title}\np: probability of {positive}; red: brighter in {edited}" + note,
                fontsize=9)
   _save(fig, path)
   plt.close(fig)
