@@ -81,6 +81,11 @@ Counterfactual quality (the `cfajax.metrics` module)
   frechet_distance(features, images, reference) (realism in a network's features),
   counterfactual_report(result, counterfactuals=, starts=, ...) -> dict
 
+Saliency maps (the `cfajax.saliency` module)
+  counterfactual_saliency(starts, counterfactuals, sigma=) -> (n, H, W) smoothed |x' - start|
+  gradient_saliency(classify, images, target), integrated_gradients(classify, images, target)
+  saliency_mask(maps, fraction=), iou(mask, truth), pointing_game(maps, truth), smooth(maps, sigma)
+
 Digit descriptors (Morpho-MNIST-like attributes computed from images)
   digit_descriptors(images, *, threshold, upsample) -> (n, 6) values, DESCRIPTOR_NAMES
   binarize_descriptors(values, thresholds=None) -> ((n, 6) {0, 1}, thresholds),
@@ -150,8 +155,8 @@ _EXPORTS = {
 
 
 def __getattr__(name: str):
-  if name == "metrics":
-    value = importlib.import_module("cfajax.metrics")
+  if name in ("metrics", "saliency"):
+    value = importlib.import_module(f"cfajax.{name}")
   elif name in _EXPORTS:
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
   else:
@@ -226,8 +231,9 @@ __all__ = [
     "fit_probes",
     "global_attributions",
     "local_attributions",
-    # counterfactual quality
+    # counterfactual quality and saliency
     "metrics",
+    "saliency",
     # descriptors
     "DESCRIPTOR_ATTRIBUTE_NAMES",
     "DESCRIPTOR_NAMES",
