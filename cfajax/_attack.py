@@ -77,12 +77,14 @@ def check_models(decode, classify, latent_dim: int, dtype) -> ModelSignature:
   return ModelSignature(latent_dim, tuple(images.shape[1:]), int(logits.shape[1]))
 
 
-def check_targets(target, n: int, num_logits: int) -> np.ndarray:
-  """Broadcasts `target` to (n,) int32 and checks it is a valid class."""
+def check_targets(target, n: int, num_logits: int, rows: str = "z") -> np.ndarray:
+  """Broadcasts `target` to (n,) int32 and checks it is a valid class; `rows` names
+  the array whose rows the targets belong to."""
   target = np.asarray(target)
   if target.ndim > 1 or (target.ndim == 1 and target.shape[0] != n):
     raise ValueError(
-        f"target must be a scalar or have shape ({n},) to match z; got shape {target.shape}")
+        f"target must be a scalar or have shape ({n},) to match {rows}; got shape "
+        f"{target.shape}")
   if target.dtype.kind == "f":
     if not np.all(np.isfinite(target)) or not np.all(target == np.round(target)):
       raise ValueError(f"target must hold integer class indices; got {target.dtype} values")

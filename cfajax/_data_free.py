@@ -79,6 +79,7 @@ from cfajax._loop import Status
 from cfajax._loop import cast_model
 from cfajax._loop import make_transformation
 from cfajax._loop import target_scores
+from cfajax._sources import output_width
 
 PRIORS = ("pixels", "implicit")
 SCHEDULES = ("continuous", "static")
@@ -364,19 +365,6 @@ def _check_images(images) -> np.ndarray:
   return host
 
 
-def _output_shape(name: str, fn, image_shape, dtype) -> tuple[int, ...]:
-  probe = jax.ShapeDtypeStruct((2, *image_shape), dtype)
-  try:
-    out = jax.eval_shape(fn, probe)
-  except Exception as e:  # any tracing failure is a contract violation
-    raise ValueError(f"{name} failed on images of shape (2, {', '.join(map(str, image_shape))}); "
-                     f"expected a function of (B, H, W, C) images: {e}") from e
-  if not hasattr(out, "shape") or out.ndim != 2 or out.shape[0] != 2:
-    got = getattr(out, "shape", type(out).__name__)
-    raise ValueError(f"{name} must map images (B, H, W, C) to (B, k); for B=2 it returned {got}")
-  return tuple(out.shape[1:])
-
-
 def _empty_result(image_shape) -> DataFreeResult:
   zeros = lambda dtype: np.zeros((0,), dtype)
   return DataFreeResult(images=np.zeros((0, *image_shape), np.float32), target=zeros(np.int32),
@@ -491,13 +479,13 @@ def data_free_attack(
       ("statistics_weight", statistics_weight), ("manifold_weight", manifold_weight))}
 
   classify = as_pure_callable(classify)
-  logits_shape = _output_shape("classify", classify, image_shape, np.float32)
-  target = check_targets(target, n, logits_shape[0])
+  target = check_targets(target, n, output_width(classify, image_shape, "classify"),
+                         "images")
   models = [classify]
   reference = np.zeros((0,), np.float32)
   if statistics is not None:
     statistics = as_pure_callable(statistics)
-    (k,) = _output_shape("statistics", statistics, image_shape, np.float32)
+    k = output_width(statistics, image_shape, "statistics")
     if statistics_reference is None:
       raise ValueError("statistics needs statistics_reference: the (k,) values to match, e.g. "
                        "a network's normalisation layers' running means and variances")
@@ -511,7 +499,7 @@ def data_free_attack(
                      "values it is")
   if manifold is not None:
     manifold = as_pure_callable(manifold)
-    (classes,) = _output_shape("manifold", manifold, image_shape, np.float32)
+    classes = output_width(manifold, image_shape, "manifold")
     if target.size and target.max() >= classes:
       raise ValueError(f"manifold gives {classes} log-certainties, one per class; the targets go "
                        f"up to {target.max()}")

@@ -181,11 +181,11 @@ class _ImageRows(NamedTuple):
   final_prob: np.ndarray
 
 
-def _image_attack(config, classifier, image_shape, manifold):
-  """The data-free or pixel attack over rows of flattened images, for the chunk runner."""
+def _image_attack(config, options, classifier, image_shape, manifold):
+  """The data-free or pixel attack with `options` over rows of flattened images, for the
+  chunk runner."""
   from cfajax import metrics
   from cfajax._data_free import data_free_attack
-  options = _attack_options(config)
 
   def attack(rows, target, bar):
     images = rows.reshape(len(rows), *image_shape)
@@ -422,14 +422,14 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
   if bars:
     from tqdm.auto import tqdm
     bar = tqdm(total=len(z), desc="counterfactuals", unit="example")
-  options = {"attack": config.attack, **_attack_options(config)}
+  options = _attack_options(config)
   chunk_size = _runfolder.chunk_size_for(len(z), config.chunk_size)
   digests = [models["generator"]["digest"], models["classifier"]["digest"]]
   if config.attack == "latent":
     starts = z
     attack = lambda z_rows, t_rows, bar: counterfactual_attack(
         parts.decode, inputs.classifier, z_rows, t_rows, batch_size=config.pool_size,
-        progress=bar, **_attack_options(config))
+        progress=bar, **options)
   else:  # the images themselves are attacked; the generator only measures phi
     starts = images.reshape(len(images), -1).astype(np.float32)
     manifold = None
@@ -438,11 +438,12 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
       models["manifold"] = {"source": config.manifold, "digest": _sources.callable_digest(
           manifold, jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}
       digests.append(models["manifold"]["digest"])
-    attack = _image_attack(config, inputs.classifier, contract.image_shape, manifold)
+    attack = _image_attack(config, options, inputs.classifier, contract.image_shape, manifold)
   try:
     rows, resumed = _runfolder.attack_in_chunks(
         config.out, attack, starts, target, chunk_size=chunk_size,
-        attack_digest=_hashing.digest_json(options), models_digest=_hashing.digest_json(digests),
+        attack_digest=_hashing.digest_json({"attack": config.attack, **options}),
+        models_digest=_hashing.digest_json(digests),
         progress=bar, log=log)
   finally:
     if bar is not None:

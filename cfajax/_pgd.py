@@ -28,6 +28,7 @@ from cfajax import _checks
 from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
+from cfajax._sources import output_width
 
 NORMS = ("linf", "l2")
 
@@ -154,8 +155,7 @@ def pgd_attack(
   if x.size and (x.min() < 0 or x.max() > 1):
     raise ValueError(f"images must lie in [0, 1]; got values in [{x.min():.4g}, {x.max():.4g}]")
   pure = as_pure_callable(classify)
-  logits = jax.eval_shape(pure, jax.ShapeDtypeStruct((2, *x.shape[1:]), jnp.float32))
-  labels = _check_labels(labels, len(x), logits.shape[-1])
+  labels = _check_labels(labels, len(x), output_width(pure, x.shape[1:], "classify"))
   if len(x) == 0:
     return x
   keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), len(x))))

@@ -217,10 +217,8 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
         batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 2e-4,
         r1_gamma=r.gan_r1 if r1_gamma is None else r1_gamma, seed=seed, progress=progress,
         on_epoch=on_epoch)
-    info = {"train": data.name, "train_examples": len(data),
-            "train_part": part or default_train_part(kind), "seed": seed, "epochs": epochs,
-            "batch_size": batch_size or r.batch_size}
-    return model, history, info
+    return model, history, _training_info(data, part or default_train_part(kind), seed, epochs,
+                                          batch_size or r.batch_size)
   if kind == "duq":
     return _train_duq(dataset, train, test, part=part, seed=seed, epochs=epochs,
                       batch_size=batch_size, learning_rate=learning_rate, widths=widths,
@@ -240,9 +238,14 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
                                widths=widths, depth=depth, dense_width=dense_width)
     model, history = _train.train_classifier(
         _models.build_model("classifier", config, seed), data, test, **options)
-  info = {"train": data.name, "train_examples": len(data), "train_part": part, "seed": seed,
-          "epochs": options["epochs"], "batch_size": options["batch_size"]}
-  return model, history, info
+  return model, history, _training_info(data, part, seed, options["epochs"],
+                                        options["batch_size"])
+
+
+def _training_info(data, part: str, seed: int, epochs: int, batch_size: int) -> dict:
+  """What `train_model` reports of a run: the examples, part, seed and lengths used."""
+  return {"train": data.name, "train_examples": len(data), "train_part": part, "seed": seed,
+          "epochs": epochs, "batch_size": batch_size}
 
 
 def _with_attribute_labels(dataset: _data.ImageDataset, attribute: str) -> _data.ImageDataset:
@@ -274,6 +277,4 @@ def _train_duq(dataset: str, train, test, *, part, seed, epochs, batch_size, lea
       _models.build_model("duq", config, seed), data, test, epochs=epochs,
       batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 1e-3, seed=seed,
       progress=progress, on_epoch=on_epoch)
-  info = {"train": data.name, "train_examples": len(data), "train_part": part, "seed": seed,
-          "epochs": epochs, "batch_size": batch_size or r.batch_size}
-  return model, history, info
+  return model, history, _training_info(data, part, seed, epochs, batch_size or r.batch_size)

@@ -117,6 +117,19 @@ def output_shape(fn, example: jax.ShapeDtypeStruct, what: str) -> tuple[int, ...
   return tuple(out.shape)
 
 
+def output_width(fn, image_shape, what: str) -> int:
+  """k, for a function of images (B, H, W, C) that gives (B, k): logits, statistics, ...
+
+  Raises:
+    ValueError: `fn` fails on two such images, or gives another shape.
+  """
+  shape = output_shape(fn, jax.ShapeDtypeStruct((2, *image_shape), jnp.float32), what)
+  if len(shape) != 2 or shape[0] != 2:
+    raise ValueError(f"{what} must map images (B, H, W, C) to (B, k); for B=2 it returned "
+                     f"{shape}")
+  return shape[1]
+
+
 def describe(spec: Any) -> str:
   """How a model was given, for the summary."""
   if isinstance(spec, (str, os.PathLike)):

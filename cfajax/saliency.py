@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfajax import _checks
+from cfajax._attack import check_targets
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._loop import target_scores
+from cfajax._sources import output_width
 
 
 def _images(name: str, x) -> np.ndarray:
@@ -128,13 +130,6 @@ def _integrated(classify, x, baseline, target, *, steps):
   return (x - baseline) * jax.lax.fori_loop(0, steps, at, jnp.zeros_like(x)) / steps
 
 
-def _targets(target, n):
-  target = np.asarray(target)
-  if target.ndim > 1 or (target.ndim == 1 and len(target) != n):
-    raise ValueError(f"target must be a scalar or have shape ({n},); got {target.shape}")
-  return np.broadcast_to(target, (n,)).astype(np.int32)
-
-
 def integrated_gradients(classify: Callable, images, target, *, baseline=0.0, steps: int = 32,
                          batch_size: int = 256) -> np.ndarray:
   """(n, H, W, C) integrated gradients of the target's log-odds (signed, per channel).
@@ -151,8 +146,9 @@ def integrated_gradients(classify: Callable, images, target, *, baseline=0.0, st
   x = _images("images", images)
   steps = _checks.integer("steps", steps, low=1)
   baseline = np.broadcast_to(np.asarray(baseline, np.float32), x.shape[1:])
-  target = _targets(target, len(x))
   pure = as_pure_callable(classify)
+  target = check_targets(target, len(x), output_width(pure, x.shape[1:], "classify"),
+                         "images")
   return map_batches(
       lambda xb, tb: _integrated(pure, jnp.asarray(xb), jnp.asarray(baseline), jnp.asarray(tb),
                                  steps=steps), [x, target], batch_size)
@@ -161,8 +157,9 @@ def integrated_gradients(classify: Callable, images, target, *, baseline=0.0, st
 def gradient_saliency(classify: Callable, images, target, *, batch_size: int = 256) -> np.ndarray:
   """(n, H, W) `max_c |d log-odds / d x|`: the plain gradient map of the target."""
   x = _images("images", images)
-  target = _targets(target, len(x))
   pure = as_pure_callable(classify)
+  target = check_targets(target, len(x), output_width(pure, x.shape[1:], "classify"),
+                         "images")
   grads = map_batches(lambda xb, tb: _gradient(pure, jnp.asarray(xb), jnp.asarray(tb)),
                       [x, target], batch_size)
   return np.abs(grads).max(-1)

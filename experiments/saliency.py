@@ -65,13 +65,13 @@ def one_seed(seed, train, test, count):
                                                    beta=0.5), seed=seed)
   vae, _ = cfajax.train_vae(vae, cfajax.ImageDataset(x_train), epochs=5, progress=False)
   clock.lap("train")
-  p_test = 1 / (1 + np.exp(-np.asarray(apply(clf, x_test))[:, 0]))
+  p_test = metrics.target_probability(clf, x_test, 1)
   accuracy = float(np.mean((p_test >= 0.5) == (y_test == 1)))
   rows = np.flatnonzero((y_test == 1) & (p_test >= 0.5))[:count]
   x, masks = x_test[rows], m_test[rows]
   z = np.asarray(apply(vae.encode, x))
   start = np.asarray(apply(vae.decode, z))
-  p_start = 1 / (1 + np.exp(-np.asarray(apply(clf, start))[:, 0]))
+  p_start = metrics.target_probability(clf, start, 1)
   latent = cfajax.counterfactual_attack(vae.decode, clf, z, 0, threshold=0.9, step_size=0.1)
   latent_cf = np.asarray(apply(vae.decode, np.asarray(latent.z)))
   pixel = metrics.pixel_attack(clf, x, 0, threshold=0.9, step_size=0.01)
