@@ -25,6 +25,11 @@ Counterfactuals without a generator (DISC-style deep inversion)
   DUQ(config, rngs=), DUQConfig     certainty near class centroids: DISC's manifold model
   train_duq(duq, train, test=None, **options) -> (duq, history);  evaluate_duq(duq, data)
 
+Counterfactuals in one forward pass (Bischof et al.'s translation GAN)
+  Translator(config, rngs=), TranslatorConfig   .translate(x, target) .fakeness(x) .__call__
+  train_translator(translator, train, test=None, **options) -> (translator, history)
+  evaluate_translator(translator, data) -> dict (critic accuracy, flips, fakeness, change)
+
 Robustness
   pgd_attack(classify, images, labels, *, epsilon, norm="linf"|"l2", steps, ...) -> images
   robust_accuracy(classify, images, labels, **pgd_options) -> {"clean", "robust"}
@@ -40,7 +45,7 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
   ConvGAN(config, rngs=)            .decode .discriminate  (no encoder: latents by invert)
   GANConfig
-  build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN | DUQ
+  build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN | DUQ | Translator
 
 Training and evaluation
   train_vae(vae, train, test=None, **options) -> (vae, history)
@@ -52,7 +57,7 @@ Training and evaluation
 
 Checkpoints (orbax weights + JSON config)
   save_model(path, model, metrics=None) -> Path
-  load_model(path) -> ConvVAE | Classifier | ConvGAN   verified against the checksums it records
+  load_model(path) -> any model above   verified against the checksums it records
   read_checkpoint_info(path) -> dict
 
 Data (float32 NHWC images in [0, 1])
@@ -133,6 +138,8 @@ _EXPORTS = {
     "DUQ": "cfajax._models",
     "DUQConfig": "cfajax._models",
     "GANConfig": "cfajax._models",
+    "Translator": "cfajax._models",
+    "TranslatorConfig": "cfajax._models",
     "Generator": "cfajax._models",
     "VAEConfig": "cfajax._models",
     "build_model": "cfajax._models",
@@ -145,11 +152,13 @@ _EXPORTS = {
     "evaluate_classifier": "cfajax._train",
     "evaluate_duq": "cfajax._train",
     "evaluate_gan": "cfajax._train",
+    "evaluate_translator": "cfajax._train",
     "evaluate_vae": "cfajax._train",
     "reconstruct": "cfajax._train",
     "train_classifier": "cfajax._train",
     "train_duq": "cfajax._train",
     "train_gan": "cfajax._train",
+    "train_translator": "cfajax._train",
     "train_vae": "cfajax._train",
 }
 
@@ -186,6 +195,11 @@ __all__ = [
     # data-free counterfactuals
     "DataFreeResult",
     "data_free_attack",
+    # one-pass counterfactuals
+    "Translator",
+    "TranslatorConfig",
+    "evaluate_translator",
+    "train_translator",
     # robustness
     "pgd_attack",
     "robust_accuracy",

@@ -176,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
 def _add_train_parser(commands) -> None:
   """Adds `cfajax train vae|classifier` to the subcommands."""
   train = commands.add_parser(
-      "train", help="train a VAE, a GAN, a classifier (or the oracle) or a DUQ and save a "
-      "checkpoint",
+      "train", help="train a VAE, a GAN, a classifier (or the oracle), a DUQ or a translator "
+      "and save a checkpoint",
       description="Train a model on MNIST, CelebA or scikit-learn's digits and save it with "
       "orbax. Classifiers learn from the first half of the training split and oracles "
       "(--oracle) from the second half, so that the oracle never saw the classifier's data.")
-  train.add_argument("model", choices=("vae", "classifier", "gan", "duq"),
-                     help="duq: the data-free attack's manifold model (explain --manifold)")
+  train.add_argument("model", choices=("vae", "classifier", "gan", "duq", "translator"),
+                     help="duq: the data-free attack's manifold model (explain --manifold); "
+                     "translator: a counterfactual generator G(x, target) and its "
+                     "classifier-discriminator")
   train.add_argument("--dataset", choices=sorted(RECIPES), required=True)
   train.add_argument("--data-dir", help="folder with the dataset's files (or holding mnist/ or "
                      "celeba/); default $CFAJAX_DATA_DIR, else tensorflow-datasets")
@@ -191,7 +193,8 @@ def _add_train_parser(commands) -> None:
                      "dataset's recipe)")
   train.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's)")
   train.add_argument("--lr", type=float,
-                     help="peak learning rate (default 1e-3; a GAN's: 2e-4, constant)")
+                     help="peak learning rate (default 1e-3; a GAN's: 2e-4, constant; a "
+                     "translator's: 1e-3, constant)")
   train.add_argument("--r1", type=float, help="a GAN's R1 penalty weight (default: the recipe's)")
   train.add_argument("--weight-decay", type=float, default=0.0,
                      help="AdamW weight decay of a VAE or classifier (default 0: plain Adam)")
@@ -207,7 +210,7 @@ def _add_train_parser(commands) -> None:
                      "128, or 256 with --oracle)")
   train.add_argument("--attributes", help="CelebA classifier: comma-separated attribute names "
                      f"(sigmoid heads); default {','.join(CELEBA_DEFAULT_ATTRIBUTES)}; CelebA "
-                     "DUQ: the one attribute whose two values are its classes")
+                     "DUQ or translator: the one attribute whose two values are its classes")
   train.add_argument("--oracle", action="store_true",
                      help="train the independent oracle classifier: another architecture and "
                      "seed, on the second half of the training split")

@@ -38,6 +38,8 @@ class Recipe:
       `explain(quick=True)`, a first look in minutes on a CPU.
     duq_epochs: training length of a `DUQ` (the classifier's widths), the
       data-free attack's manifold model.
+    translator_epochs: training length of a `Translator` (its critic has the
+      classifier's widths).
   """
 
   latent_dim: int
@@ -55,6 +57,7 @@ class Recipe:
   quick_vae_epochs: int = 2
   quick_classifier_epochs: int = 1
   duq_epochs: int = 3
+  translator_epochs: int = 3
 
 
 RECIPES = {
@@ -64,7 +67,8 @@ RECIPES = {
     # held-out digits reach a median pixel MSE of 0.021 (the VAE's encoder: 0.014).
     "digits": Recipe(8, (32, 64), 0.25, (32, 64), (24, 48, 96), 60, 40, 128,
                      gan_latent_dim=8, gan_widths=(32, 64), gan_epochs=60,
-                     quick_vae_epochs=20, quick_classifier_epochs=10, duq_epochs=20),
+                     quick_vae_epochs=20, quick_classifier_epochs=10, duq_epochs=20,
+                     translator_epochs=20),
     # At beta 0.5 the classifier (99.0% on the test digits) agrees with 96.8%
     # of the VAE's test reconstructions (experiments/RESULTS.md, "Models").
     "mnist": Recipe(16, (32, 64), 0.5, (32, 64), (24, 48, 96), 10, 5, 128,
@@ -159,7 +163,7 @@ def default_train_part(kind: str, oracle: bool = False) -> str:
   """A VAE learns from all of the training split, a classifier from its first
   half and the oracle from its second half, so the oracle never saw the
   classifier's examples."""
-  if kind in ("vae", "gan", "duq"):
+  if kind in ("vae", "gan", "duq", "translator"):
     return "all"
   return "second-half" if oracle else "first-half"
 
@@ -184,9 +188,10 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
   """Builds and trains a model by the dataset's recipe; any option overrides it.
 
   Args:
-    kind: "vae", "classifier", "gan" or "duq" (a manifold model for the
-      data-free attack: the dataset's classes, or for CelebA the two values
-      of the one attribute in `attributes`).
+    kind: "vae", "classifier", "gan", "duq" (a manifold model for the
+      data-free attack) or "translator" (a counterfactual generator and its
+      classifier-discriminator); the last two learn the dataset's classes, or
+      for CelebA the two values of the one attribute in `attributes`.
     dataset: the recipe's dataset name.
     train, test: the whole training split and the held-out set.
     oracle: the independent oracle classifier (another architecture; seed 1
@@ -219,10 +224,10 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
         on_epoch=on_epoch)
     return model, history, _training_info(data, part or default_train_part(kind), seed, epochs,
                                           batch_size or r.batch_size)
-  if kind == "duq":
-    return _train_duq(dataset, train, test, part=part, seed=seed, epochs=epochs,
-                      batch_size=batch_size, learning_rate=learning_rate, widths=widths,
-                      attributes=attributes, progress=progress, on_epoch=on_epoch)
+  if kind in ("duq", "translator"):
+    return _train_on_classes(kind, dataset, train, test, part=part, seed=seed, epochs=epochs,
+                             batch_size=batch_size, learning_rate=learning_rate, widths=widths,
+                             attributes=attributes, progress=progress, on_epoch=on_epoch)
   seed = (1 if oracle else 0) if seed is None else seed
   part = part or default_train_part(kind, oracle)
   data = train_part(train, part)
@@ -255,26 +260,42 @@ def _with_attribute_labels(dataset: _data.ImageDataset, attribute: str) -> _data
   return dataclasses.replace(dataset, labels=np.asarray(column, np.int32))
 
 
-def _train_duq(dataset: str, train, test, *, part, seed, epochs, batch_size, learning_rate,
-               widths, attributes, progress, on_epoch):
-  """`train_model` for a DUQ: the classifier's widths, the dataset's classes."""
+def _train_on_classes(kind: str, dataset: str, train, test, *, part, seed, epochs, batch_size,
+                      learning_rate, widths, attributes, progress, on_epoch):
+  """`train_model` for the models that learn the dataset's classes (for CelebA, the two
+  values of one attribute): a DUQ (the classifier's widths) or a translator (`widths`
+  is its translation network's; the critic takes the classifier's)."""
   from cfajax import _models
   from cfajax import _train
   r = recipe(dataset)
   if dataset == "celeba":
     if not attributes or len(attributes) != 1:
-      raise ValueError("a CelebA DUQ learns one attribute's two values as its classes: pass "
+      name = {"duq": "DUQ", "translator": "translator"}[kind]
+      raise ValueError(f"a CelebA {name} learns one attribute's two values as its classes: pass "
                        "--attributes NAME (e.g. Young), the attribute the classifier explains")
     train, test = (_with_attribute_labels(d, attributes[0]) for d in (train, test))
-  part = part or default_train_part("duq")
+  part = part or default_train_part(kind)
   data = train_part(train, part)
   seed = 0 if seed is None else seed
-  classes = int(max(data.labels.max(), test.labels.max())) + 1
-  config = _models.DUQConfig(data.image_shape, num_classes=max(classes, 2),
-                             widths=tuple(widths or r.classifier_widths))
-  epochs = epochs or r.duq_epochs
-  model, history = _train.train_duq(
-      _models.build_model("duq", config, seed), data, test, epochs=epochs,
-      batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 1e-3, seed=seed,
-      progress=progress, on_epoch=on_epoch)
-  return model, history, _training_info(data, part, seed, epochs, batch_size or r.batch_size)
+  classes = max(int(max(data.labels.max(), test.labels.max())) + 1, 2)
+  batch_size = batch_size or r.batch_size
+  if kind == "duq":
+    config = _models.DUQConfig(data.image_shape, num_classes=classes,
+                               widths=tuple(widths or r.classifier_widths))
+    epochs = epochs or r.duq_epochs
+    model, history = _train.train_duq(
+        _models.build_model("duq", config, seed), data, test, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate or 1e-3, seed=seed,
+        progress=progress, on_epoch=on_epoch)
+  else:
+    names = (f"not {attributes[0]}", attributes[0]) if dataset == "celeba" else ()
+    config = _models.TranslatorConfig(
+        data.image_shape, num_classes=classes,
+        widths=tuple(widths or (r.classifier_widths[0] // 2,) + r.classifier_widths),
+        critic_widths=r.classifier_widths, class_names=names)
+    epochs = epochs or r.translator_epochs
+    model, history = _train.train_translator(
+        _models.build_model("translator", config, seed), data, test, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate or 1e-3, seed=seed,
+        progress=progress, on_epoch=on_epoch)
+  return model, history, _training_info(data, part, seed, epochs, batch_size)

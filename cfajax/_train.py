@@ -10,6 +10,7 @@ device: the same code runs on CPU, GPU or TPU.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Any, Callable, Sequence
@@ -28,8 +29,10 @@ from cfajax._models import Classifier
 from cfajax._models import ConvGAN
 from cfajax._models import ConvVAE
 from cfajax._models import DUQ
+from cfajax._models import Translator
 from cfajax._models import bernoulli_bce
 from cfajax._models import gaussian_kl
+from cfajax._models import translate_with
 
 History = list[dict[str, Any]]
 
@@ -279,13 +282,30 @@ def classifier_targets(classifier: Classifier, dataset: ImageDataset) -> np.ndar
       f"{list(dataset.attribute_names) or 'no attributes'}")
 
 
-@nnx.jit
-def _classifier_train_step(classifier: Classifier, optimizer: nnx.Optimizer, x, y, _):
+def _classifier_update(classifier: Classifier, optimizer: nnx.Optimizer, x, y):
   def loss_fn(classifier):
     return classifier.loss(x, y)
   (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(classifier)
   optimizer.update(classifier, grads)
   return metrics
+
+
+@nnx.jit
+def _classifier_train_step(classifier: Classifier, optimizer: nnx.Optimizer, x, y, _):
+  return _classifier_update(classifier, optimizer, x, y)
+
+
+@functools.partial(nnx.jit, static_argnames=("steps", "norm"))
+def _adversarial_train_step(classifier: Classifier, optimizer: nnx.Optimizer, x, y, key,
+                            epsilon, *, steps, norm):
+  """One step on the batch's PGD images (Madry et al.): the worst case within epsilon of
+  each image under the current weights, from a random start."""
+  from cfajax._pgd import pgd_images
+  keys = jax.random.split(key, x.shape[0])
+  labels = y if y.ndim == 1 else y[:, 0].astype(jnp.int32)  # one sigmoid logit: (B, 1)
+  adversarial = pgd_images(classifier, x, labels, keys, epsilon, 2.5 * epsilon / steps,
+                           steps=steps, norm=norm)
+  return _classifier_update(classifier, optimizer, jax.lax.stop_gradient(adversarial), y)
 
 
 @nnx.jit
@@ -329,6 +349,9 @@ def train_classifier(
     batch_size: int = 128,
     learning_rate: float = 1e-3,
     weight_decay: float = 0.0,
+    pgd_epsilon: float = 0.0,
+    pgd_norm: str = "linf",
+    pgd_steps: int = 7,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -344,12 +367,21 @@ def train_classifier(
     test: held-out examples evaluated after each epoch, or None.
     epochs, batch_size, learning_rate, weight_decay, seed, progress,
       on_epoch: as in `train_vae`.
+    pgd_epsilon: above 0, PGD adversarial training (Madry et al., ICLR 2018):
+      every step learns from its batch's `pgd_attack` images instead (radius
+      `pgd_epsilon` in `pgd_norm`, `pgd_steps` steps of 2.5 epsilon / steps,
+      a random start), found against the weights of that step; it costs
+      about `pgd_steps + 1` plain steps. One-label heads only (softmax, or
+      one sigmoid logit). `test` is evaluated on clean images.
 
   Returns:
     `(classifier, history)`: the trained model and one record per epoch with
     "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"
     (and "test_accuracy/<name>" per attribute), and "seconds".
   """
+  step = _classifier_train_step
+  if pgd_epsilon:
+    step = _adversarial_step(classifier, pgd_epsilon, pgd_norm, pgd_steps)
   _check_images(classifier.config.image_shape, train)
   targets = classifier_targets(classifier, train)
   if test is not None:
@@ -358,10 +390,26 @@ def train_classifier(
   evaluate = (lambda: {}) if test is None else (
       lambda: evaluate_classifier(classifier, test, batch_size=max(batch_size, 256)))
   history = _fit(
-      classifier, train, targets, _classifier_train_step, evaluate, epochs=epochs, batch_size=batch_size,
+      classifier, train, targets, step, evaluate, epochs=epochs, batch_size=batch_size,
       learning_rate=learning_rate, weight_decay=weight_decay, seed=seed, progress=progress,
       on_epoch=on_epoch, desc="train classifier", names=classifier.config.output_names)
   return classifier, history
+
+
+def _adversarial_step(classifier: Classifier, epsilon, norm, steps):
+  """The training step of PGD adversarial training, its options checked."""
+  from cfajax import _checks
+  from cfajax._pgd import NORMS
+  epsilon = _checks.number("pgd_epsilon", epsilon, low=0.0)
+  _checks.choice("pgd_norm", norm, NORMS)
+  steps = _checks.integer("pgd_steps", steps, low=1)
+  config = classifier.config
+  if config.head == "sigmoid" and config.num_outputs > 1:
+    raise ValueError(f"PGD training needs one label per image: a softmax head or one sigmoid "
+                     f"logit; this classifier has {config.num_outputs} sigmoid attributes")
+  return lambda model, optimizer, x, y, key: _adversarial_train_step(
+      model, optimizer, x, y, key, jnp.float32(epsilon), steps=steps,
+      norm=norm)
 
 
 # -- GAN ----------------------------------------------------------------------
@@ -482,6 +530,21 @@ def train_gan(
 
 # -- DUQ ----------------------------------------------------------------------
 
+
+def _class_labels(dataset: ImageDataset, num_classes: int, model_name: str) -> np.ndarray:
+  """The dataset's int32 class labels, checked to lie in [0, num_classes)."""
+  if dataset.labels is None:
+    raise ValueError(f"{dataset.name or 'dataset'} has no class labels; a {model_name} "
+                     "learns classes")
+  labels = np.asarray(dataset.labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{dataset.name or 'dataset'} labels must be (n,) integers; got "
+                     f"{labels.dtype} of shape {labels.shape}")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"labels lie in [{labels.min()}, {labels.max()}]; the {model_name} has "
+                     f"{num_classes} classes")
+  return labels.astype(np.int32)
+
 _DUQ_WEIGHTS = nnx.All(nnx.Param, nnx.Not(Centroid))  # what the optimizer moves
 
 
@@ -542,12 +605,7 @@ def train_duq(
     (when `test` is given) and "seconds".
   """
   _check_images(duq.config.image_shape, train)
-  if train.labels is None:
-    raise ValueError(f"{train.name or 'train'} has no class labels; DUQ learns classes")
-  labels = np.asarray(train.labels, np.int32)
-  if labels.min() < 0 or labels.max() >= duq.config.num_classes:
-    raise ValueError(f"labels lie in [{labels.min()}, {labels.max()}]; the DUQ model has "
-                     f"{duq.config.num_classes} classes")
+  labels = _class_labels(train, duq.config.num_classes, "DUQ model")
   if test is not None:
     _check_images(duq.config.image_shape, test)
   penalty = float(gradient_penalty)
@@ -559,6 +617,153 @@ def train_duq(
                  learning_rate=learning_rate, weight_decay=0.0, seed=seed, progress=progress,
                  on_epoch=on_epoch, desc="train duq", optimizer=optimizer)
   return duq, history
+
+
+# -- translator ---------------------------------------------------------------
+
+
+def other_classes(key: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """(B,) targets drawn uniformly from the classes other than each label."""
+  shift = jax.random.randint(key, labels.shape, 1, num_classes)
+  return (labels + shift) % num_classes
+
+
+def _critic_loss(critic, generator, x, y, target):
+  """Cross-entropy over K + 1 outputs: real images as their class, translated ones as "fake"."""
+  fake = jax.lax.stop_gradient(translate_with(generator, x, target))
+  real_logits, fake_logits = critic(x), critic(fake)
+  k = real_logits.shape[-1] - 1
+  real = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(real_logits), y[:, None], -1))
+  flagged = -jnp.mean(jax.nn.log_softmax(fake_logits)[:, k])
+  accuracy = jnp.mean(jnp.argmax(real_logits[:, :k], -1) == y)
+  return real + flagged, {"critic_real": real, "critic_fake": flagged,
+                          "accuracy": accuracy}
+
+
+def _translation_loss(generator, critic, x, y, target, weights):
+  """What the translation network minimises: the critic's cross-entropy of the
+  target (over K + 1 outputs: the image must look real and of class `target`),
+  `cycle` times the mean |G(G(x, t), y) - x|, and `change` times the mean
+  |G(x, t) - x| and |G(G(x, t), y) - G(x, t)| (small changes, in few pixels)."""
+  adversarial_weight, cycle_weight, change_weight = weights
+  translated = translate_with(generator, x, target)
+  logits = critic(translated)
+  adversarial = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], -1))
+  back = translate_with(generator, translated, y)
+  cycle = jnp.mean(jnp.abs(back - x))
+  change = 0.5 * (jnp.mean(jnp.abs(translated - x)) + jnp.mean(jnp.abs(back - translated)))
+  loss = adversarial_weight * adversarial + cycle_weight * cycle + change_weight * change
+  flipped = jnp.mean(jnp.argmax(logits, -1) == target)
+  return loss, {"g_loss": loss, "adversarial": adversarial, "cycle": cycle, "change": change,
+                "flipped": flipped}
+
+
+@nnx.jit
+def _translator_train_step(translator: Translator, optimizers, x, y, key, weights):
+  critic_optimizer, generator_optimizer = optimizers
+  critic, generator = translator.critic, translator.generator
+  target = other_classes(key, y, translator.config.num_classes)
+  grads, critic_metrics = nnx.grad(_critic_loss, has_aux=True)(critic, generator, x, y, target)
+  critic_optimizer.update(critic, grads)
+  grads, metrics = nnx.grad(_translation_loss, has_aux=True)(generator, critic, x, y, target,
+                                                             weights)
+  generator_optimizer.update(generator, grads)
+  loss = metrics["g_loss"] + critic_metrics["critic_real"] + critic_metrics["critic_fake"]
+  return {"loss": loss, **critic_metrics, **metrics}
+
+
+@nnx.jit
+def _translator_example_metrics(translator: Translator, x, y, key):
+  target = other_classes(key, y, translator.config.num_classes)
+  translated = translator.translate(x, target)
+  logits = translator.critic_logits(translated)
+  return {"accuracy": jnp.argmax(translator(x), -1) == y,
+          "fakeness_real": translator.fakeness(x),
+          "fakeness_translated": jax.nn.softmax(logits)[:, -1],
+          "flipped": jnp.argmax(logits[:, :-1], -1) == target,
+          "change": jnp.mean(jnp.abs(translated - x), axis=(1, 2, 3))}
+
+
+def evaluate_translator(translator: Translator, dataset: ImageDataset, *, batch_size: int = 256,
+                        seed: int = 0) -> dict[str, float]:
+  """Held-out checks of a translator, each image translated to a random other class.
+
+  Returns:
+    "accuracy" (the critic's class of real images), "flipped" (the critic's
+    class of the translations is their target), "fakeness_real" and
+    "fakeness_translated" (the critic's mean probability of "fake") and
+    "change" (mean |x' - x| per pixel).
+  """
+  _check_images(translator.config.image_shape, dataset)
+  labels = _class_labels(dataset, translator.config.num_classes, "translator")
+  key = jax.random.key(seed)
+  counter = itertools.count()
+  per_example = map_batches(
+      lambda x, y: _translator_example_metrics(translator, jnp.asarray(x), jnp.asarray(y),
+                                               jax.random.fold_in(key, next(counter))),
+      [dataset.images, labels], batch_size)
+  return {k: float(np.mean(v)) for k, v in per_example.items()}
+
+
+def train_translator(
+    translator: Translator,
+    train: ImageDataset,
+    test: ImageDataset | None = None,
+    *,
+    epochs: int = 5,
+    batch_size: int = 64,
+    learning_rate: float = 2e-4,
+    adversarial_weight: float = 1.0,
+    cycle_weight: float = 10.0,
+    change_weight: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Translator, History]:
+  """Trains a translator and its classifier-discriminator in place (Bischof et al.).
+
+  Each step draws for every image a target among the other classes, then
+  updates the critic once (cross-entropy over K + 1 outputs: real images as
+  their labels, their translations as "fake"), then the translation network
+  once (`_translation_loss`: the critic must call the translation real and of
+  the target class; translating back must give the image again; the change
+  should be small, so that only what decides the class is changed). Both use
+  Adam(b1 = 0.5, b2 = 0.999) at a constant `learning_rate`.
+
+  Args:
+    translator: the model (its weights are updated in place).
+    train: images with int class labels in [0, K).
+    test: held-out labelled images checked after each epoch
+      (`evaluate_translator`), or None.
+    adversarial_weight, cycle_weight, change_weight: the translation loss's terms.
+    epochs, batch_size, learning_rate, seed, progress, on_epoch: as in `train_gan`.
+
+  Returns:
+    `(translator, history)`: one record per epoch with the step metrics
+    ("train_critic_real", "train_critic_fake", "train_accuracy",
+    "train_adversarial", "train_cycle", "train_change", "train_flipped"), the
+    `evaluate_translator` numbers with "test_" when `test` is given, and
+    "seconds".
+  """
+  k = translator.config.num_classes
+  _check_images(translator.config.image_shape, train)
+  labels = _class_labels(train, k, "translator")
+  if test is not None:
+    _check_images(translator.config.image_shape, test)
+    _class_labels(test, k, "translator")
+  weights = tuple(float(w) for w in (adversarial_weight, cycle_weight, change_weight))
+  if not all(np.isfinite(w) and w >= 0 for w in weights):
+    raise ValueError(f"the loss weights must be finite and >= 0; got {weights}")
+  tx = optax.adam(learning_rate, b1=0.5, b2=0.999)
+  optimizers = (nnx.Optimizer(translator.critic, tx, wrt=nnx.Param),
+                nnx.Optimizer(translator.generator, tx, wrt=nnx.Param))
+  step = lambda model, pair, x, y, key: _translator_train_step(model, pair, x, y, key, weights)
+  evaluate = (lambda: {}) if test is None else (
+      lambda: evaluate_translator(translator, test, seed=seed))
+  history = _fit(translator, train, labels, step, evaluate, epochs=epochs, batch_size=batch_size,
+                 learning_rate=learning_rate, weight_decay=0.0, seed=seed, progress=progress,
+                 on_epoch=on_epoch, desc="train translator", optimizer=optimizers)
+  return translator, history
 
 
 # -- applying a generator to many images --------------------------------------
