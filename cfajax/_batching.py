@@ -23,8 +23,13 @@ def map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int) -> 
   Every call of `fn` sees `min(batch_size, n)` rows (the last batch padded with
   copies of its last row), so a jitted `fn` compiles once; the padding is
   dropped from the outputs, which may be any pytree of (batch, ...) arrays.
+  No rows give outputs of no rows, shaped by one call on a one-row batch of
+  zeros.
   """
   n = len(arrays[0])
+  if n == 0:
+    out = fn(*[np.zeros((1,) + np.shape(a)[1:], np.asarray(a).dtype) for a in arrays])
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[:0], out)
   size = min(int(batch_size), n)
   parts = []
   for start in range(0, n, size):

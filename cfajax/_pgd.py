@@ -17,7 +17,6 @@ norm static.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -73,9 +72,10 @@ def _random_start(key, x, epsilon, norm: str):
   return _project(delta, x, epsilon, norm)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "norm", "random_start"))
-def _pgd_batch(classify, x, labels, keys, epsilon, step_size, *, steps, norm, random_start):
-  """(B, H, W, C) adversarial images for one batch; each row from its own key."""
+def pgd_images(classify, x, labels, keys, epsilon, step_size, *, steps: int, norm: str,
+               random_start: bool = True) -> jax.Array:
+  """(B, H, W, C) adversarial images for one batch, each row from its own key: the
+  traceable core of `pgd_attack`, for use inside a jitted training step."""
   def total_loss(delta):
     logits = classify(x + delta)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
@@ -92,6 +92,9 @@ def _pgd_batch(classify, x, labels, keys, epsilon, step_size, *, steps, norm, ra
     return jax.vmap(_project, in_axes=(0, 0, None, None))(moved, x, epsilon, norm)
 
   return x + jax.lax.fori_loop(0, steps, step, delta)
+
+
+_pgd_batch = jax.jit(pgd_images, static_argnames=("steps", "norm", "random_start"))
 
 
 def _check_labels(labels, n: int, num_logits: int) -> np.ndarray:

@@ -92,3 +92,52 @@ def test_bad_inputs_are_named():
     cfajax.pgd_attack(classify, x * 2, 1, epsilon=0.1)
   with pytest.raises(ValueError, match=r"images must be images \(n, H, W, C\)"):
     cfajax.pgd_attack(classify, x[0], 1, epsilon=0.1)
+
+
+def test_adversarial_training_learns_from_the_pgd_images_of_each_step():
+  # One PGD-training step equals one plain step on the PGD images that the step's key
+  # draws against the weights before the step. The two are compiled as different programs,
+  # which may reorder float32 sums (of at most 8 * 8 * 4 terms here): weights of order 1
+  # agree to ~100 ulps, 1e-5 relative.
+  import jax
+  import optax
+  from flax import nnx
+  from cfajax import _train
+  from cfajax._pgd import pgd_images
+  config = cfajax.ClassifierConfig((8, 8, 1), widths=(4,), dense_width=8, num_outputs=3)
+  x = np.random.default_rng(0).random((6, 8, 8, 1)).astype(np.float32)
+  y = jnp.array([0, 1, 2, 0, 1, 2])
+  key = jax.random.key(3)
+  eps, steps = 0.1, 3
+  trained, reference = (cfajax.build_model("classifier", config, seed=0) for _ in range(2))
+  tx = optax.sgd(0.5)  # a step that moves every weight by its gradient
+  step = _train._adversarial_step(trained, eps, "linf", steps)
+  step(trained, nnx.Optimizer(trained, tx, wrt=nnx.Param), jnp.asarray(x), y, key)
+  adversarial = pgd_images(reference, jnp.asarray(x), y, jax.random.split(key, 6),
+                           jnp.float32(eps), 2.5 * eps / steps, steps=steps, norm="linf")
+  assert 0 < float(jnp.abs(adversarial - x).max()) <= eps + 1e-6
+  _train._classifier_train_step(reference, nnx.Optimizer(reference, tx, wrt=nnx.Param),
+                                adversarial, y, None)
+  for got, want in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)),
+                       jax.tree.leaves(nnx.state(reference, nnx.Param))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  plain = cfajax.build_model("classifier", config, seed=0)
+  _train._classifier_train_step(plain, nnx.Optimizer(plain, tx, wrt=nnx.Param), jnp.asarray(x),
+                                y, None)
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+      jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(plain, nnx.Param)))]
+  assert max(moved) > 1e-4  # and it is not the plain step
+
+
+def test_adversarial_training_options_are_checked():
+  digits = cfajax.load_digits().subset(slice(0, 64))
+  clf = cfajax.build_model("classifier", cfajax.ClassifierConfig((8, 8, 1), widths=(4,)))
+  with pytest.raises(ValueError, match="pgd_norm"):
+    cfajax.train_classifier(clf, digits, epochs=1, pgd_epsilon=0.1, pgd_norm="l1",
+                            progress=False)
+  with pytest.raises(ValueError, match="pgd_steps"):
+    cfajax.train_classifier(clf, digits, epochs=1, pgd_epsilon=0.1, pgd_steps=0, progress=False)
+  attributes = cfajax.build_model("classifier", cfajax.ClassifierConfig(
+      (8, 8, 1), widths=(4,), num_outputs=2, head="sigmoid"))
+  with pytest.raises(ValueError, match="one label per image"):
+    cfajax.train_classifier(attributes, digits, epochs=1, pgd_epsilon=0.1, progress=False)

@@ -99,6 +99,14 @@ def test_reconstruct_pads_the_last_batch(tiny_vae):
   np.testing.assert_allclose(batched, tiny_vae.reconstruct(x), atol=1e-6)
 
 
+def test_no_images_give_no_outputs_of_the_right_shape(tiny_vae):
+  from cfajax._batching import apply_batched
+  empty = np.zeros((0, 8, 8, 1), np.float32)
+  out = apply_batched(tiny_vae.encode, empty)
+  assert out.shape == (0, tiny_vae.config.latent_dim) and out.dtype == np.float32
+  assert cfajax.reconstruct(tiny_vae, empty).shape == (0, 8, 8, 1)
+
+
 def test_optimizer_schedule_warms_up_then_decays():
   schedule_peak = 1e-2
   tx = _train.make_optimizer(schedule_peak, total_steps=100)
