@@ -176,6 +176,18 @@ def latent_and_pixel(vae, classifier, oracle, images, z, target, *, latent_optio
   return (latent, cf, latent_report), (pixel, pixel_cf, pixel_report)
 
 
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student t quantiles by degrees of freedom
+
+
+def interval(values) -> tuple[float, float]:
+  """The mean of per-seed values and the half-width of its 95% t-interval (nan for one)."""
+  values = np.asarray(values, float)
+  if len(values) == 1:
+    return float(values[0]), float("nan")
+  half = T_975[len(values) - 1] * values.std(ddof=1) / np.sqrt(len(values))
+  return float(values.mean()), float(half)
+
+
 def apply(fn, x, batch_size=1024):
   return apply_batched(fn, x, batch_size)
 

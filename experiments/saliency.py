@@ -43,13 +43,13 @@ from common import _pyplot
 from common import _show
 from common import apply
 from common import hardware
+from common import interval
 from common import markdown_table
 from common import write_json
 
 SEEDS = (0, 1, 2)
 SIGMA = 1.0
 FRACTION = 0.015
-T_975 = {2: 4.303, 3: 3.182, 4: 2.776}
 METHODS = ("latent attack", "pixel attack", "gradient", "integrated gradients")
 
 
@@ -99,12 +99,6 @@ def one_seed(seed, train, test, count):
             "mean_crack_pixels": float(masks.sum((1, 2)).mean()),
             "scores": scores, "stages_s": clock.stages}
   return record, (x[:6], masks[:6], {k: v[:6] for k, v in maps.items()})
-
-
-def interval(values):
-  values = np.asarray(values, float)
-  half = T_975[len(values) - 1] * values.std(ddof=1) / np.sqrt(len(values))
-  return float(values.mean()), float(half)
 
 
 def main():
