@@ -84,6 +84,14 @@ def _show(ax, image):
   ax.set_yticks([])
 
 
+def show_map(ax, saliency_map, mask):
+  """A saliency map with its ground-truth mask outlined in cyan, without ticks."""
+  ax.imshow(saliency_map, cmap="magma")
+  ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.6)
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
 def save_small(fig, path, dpi):
   """Saves a figure as a 256-colour PNG: photos stay small in the repository."""
   from PIL import Image

@@ -45,6 +45,7 @@ from common import apply
 from common import hardware
 from common import interval
 from common import markdown_table
+from common import show_map
 from common import write_json
 
 SEEDS = (0, 1, 2)
@@ -138,10 +139,7 @@ def draw(x, masks, maps):
     _show(axes[i, 0], x[i])
     _show(axes[i, 1], masks[i][..., None].astype(np.float32))
     for j, name in enumerate(METHODS):
-      axes[i, 2 + j].imshow(maps[name][i], cmap="magma")
-      axes[i, 2 + j].contour(masks[i], levels=[0.5], colors="cyan", linewidths=0.6)
-      axes[i, 2 + j].set_xticks([])
-      axes[i, 2 + j].set_yticks([])
+      show_map(axes[i, 2 + j], maps[name][i], masks[i])
   for j, name in enumerate(columns):
     axes[0, j].set_title(name, fontsize=6)
   fig.suptitle("Saliency on planted cracks (seed 0; cyan: the crack)", fontsize=8)

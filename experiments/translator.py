@@ -55,6 +55,7 @@ from common import apply
 from common import hardware
 from common import interval
 from common import markdown_table
+from common import show_map
 from common import write_json
 
 SEEDS = (0, 1, 2)
@@ -154,7 +155,7 @@ def main():
   parser.add_argument("--data-dir", default="../shared/data")
   parser.add_argument("--count", type=int, default=300)
   parser.add_argument("--runs", default="runs/cracks",
-                      help="where seed 0's models go for the benchmark ('' for nowhere)")
+                      help="where seed 0's models go ('' for nowhere)")
   parser.add_argument("--out", default="experiments/results/translator_mnist.json")
   args = parser.parse_args()
   train = cfajax.load_mnist(args.data_dir, "train").subset(slice(0, 20000))
@@ -203,10 +204,7 @@ def draw(x, masks, translated, maps):
     _show(axes[i, 0], x[i])
     _show(axes[i, 1], masks[i][..., None].astype(np.float32))
     _show(axes[i, 2], translated[i])
-    axes[i, 3].imshow(maps[i], cmap="magma")
-    axes[i, 3].contour(masks[i], levels=[0.5], colors="cyan", linewidths=0.6)
-    axes[i, 3].set_xticks([])
-    axes[i, 3].set_yticks([])
+    show_map(axes[i, 3], maps[i], masks[i])
   for j, name in enumerate(columns):
     axes[0, j].set_title(name, fontsize=6)
   fig.suptitle("The translator on planted cracks (seed 0; cyan: the crack)", fontsize=8)
