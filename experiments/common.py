@@ -92,6 +92,13 @@ def show_map(ax, saliency_map, mask):
   ax.set_yticks([])
 
 
+def save_figure(fig, name: str, dpi: int = 110) -> None:
+  """Saves a figure as experiments/figures/<name> and closes it."""
+  FIGURES.mkdir(parents=True, exist_ok=True)
+  fig.savefig(FIGURES / name, dpi=dpi)
+  _pyplot().close(fig)
+
+
 def save_small(fig, path, dpi):
   """Saves a figure as a 256-colour PNG: photos stay small in the repository."""
   from PIL import Image

@@ -48,13 +48,13 @@ import cfajax
 from cfajax import metrics
 from cfajax._attribute_tables import descriptor_tables
 
-from common import FIGURES
 from common import Stopwatch
 from common import _pyplot
 from common import _show
 from common import apply
 from common import hardware
 from common import markdown_table
+from common import save_figure
 from common import write_json
 
 PAIRS = ((4, 9), (8, 9), (1, 7), (9, 7), (5, 6), (0, 8), (3, 2))
@@ -255,9 +255,7 @@ def draw(x, images, reached, source, target):
     axes[i, 0].set_ylabel(f"{source[k]}→{target[k]}", fontsize=7)
   fig.suptitle("MNIST counterfactuals at threshold 0.9", fontsize=8)
   fig.tight_layout()
-  FIGURES.mkdir(parents=True, exist_ok=True)
-  fig.savefig(FIGURES / "data_free_mnist.png", dpi=110)
-  plt.close(fig)
+  save_figure(fig, "data_free_mnist.png")
 
 
 def report(record):

@@ -43,13 +43,13 @@ from flax import nnx
 
 import cfajax
 
-from common import FIGURES
 from common import Stopwatch
 from common import _pyplot
 from common import apply
 from common import hardware
 from common import interval
 from common import markdown_table
+from common import save_figure
 from common import write_json
 
 SEEDS = (0, 1, 2)
@@ -231,9 +231,7 @@ def draw(record):
   axes[0].set_ylabel("test accuracy (solid: 40 steps, dotted: 10)", fontsize=7)
   axes[0].legend(fontsize=5.5, loc="lower left")
   fig.tight_layout()
-  FIGURES.mkdir(parents=True, exist_ok=True)
-  fig.savefig(FIGURES / "robustness.png", dpi=120)
-  plt.close(fig)
+  save_figure(fig, "robustness.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import cfajax
 from cfajax import metrics
 from cfajax import saliency
 
-from common import FIGURES
 from common import Stopwatch
 from common import _pyplot
 from common import _show
@@ -55,6 +54,7 @@ from common import apply
 from common import hardware
 from common import interval
 from common import markdown_table
+from common import save_figure
 from common import show_map
 from common import write_json
 
@@ -209,9 +209,7 @@ def draw(x, masks, translated, maps):
     axes[0, j].set_title(name, fontsize=6)
   fig.suptitle("The translator on planted cracks (seed 0; cyan: the crack)", fontsize=8)
   fig.tight_layout()
-  FIGURES.mkdir(parents=True, exist_ok=True)
-  fig.savefig(FIGURES / "translator_mnist.png", dpi=110)
-  plt.close(fig)
+  save_figure(fig, "translator_mnist.png")
 
 
 if __name__ == "__main__":
