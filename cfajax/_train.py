@@ -633,7 +633,7 @@ def _critic_loss(critic, generator, x, y, target):
   fake = jax.lax.stop_gradient(translate_with(generator, x, target))
   real_logits, fake_logits = critic(x), critic(fake)
   k = real_logits.shape[-1] - 1
-  real = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(real_logits), y[:, None], -1))
+  real = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(real_logits, y))
   flagged = -jnp.mean(jax.nn.log_softmax(fake_logits)[:, k])
   accuracy = jnp.mean(jnp.argmax(real_logits[:, :k], -1) == y)
   return real + flagged, {"critic_real": real, "critic_fake": flagged,
@@ -648,7 +648,7 @@ def _translation_loss(generator, critic, x, y, target, weights):
   adversarial_weight, cycle_weight, change_weight = weights
   translated = translate_with(generator, x, target)
   logits = critic(translated)
-  adversarial = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], -1))
+  adversarial = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, target))
   back = translate_with(generator, translated, y)
   cycle = jnp.mean(jnp.abs(back - x))
   change = 0.5 * (jnp.mean(jnp.abs(translated - x)) + jnp.mean(jnp.abs(back - translated)))
@@ -676,9 +676,9 @@ def _translator_train_step(translator: Translator, optimizers, x, y, key, weight
 def _translator_example_metrics(translator: Translator, x, y, key):
   target = other_classes(key, y, translator.config.num_classes)
   translated = translator.translate(x, target)
-  logits = translator.critic_logits(translated)
-  return {"accuracy": jnp.argmax(translator(x), -1) == y,
-          "fakeness_real": translator.fakeness(x),
+  real_logits, logits = translator.critic_logits(x), translator.critic_logits(translated)
+  return {"accuracy": jnp.argmax(real_logits[:, :-1], -1) == y,
+          "fakeness_real": jax.nn.softmax(real_logits)[:, -1],
           "fakeness_translated": jax.nn.softmax(logits)[:, -1],
           "flipped": jnp.argmax(logits[:, :-1], -1) == target,
           "change": jnp.mean(jnp.abs(translated - x), axis=(1, 2, 3))}

@@ -9,7 +9,7 @@ The data and queries are those of experiments/saliency.py, seed for seed:
 cracks planted in half of the first 20,000 MNIST training digits and of the
 first 2,000 test digits, and a binary classifier (2 epochs) that learns
 "defective". Per seed (0, 1, 2) a `Translator` (`cfajax.train_translator`,
-3 epochs, its defaults: batch 64, Adam 1e-3, cycle weight 10, change weight
+3 epochs, its defaults: batch 64, Adam 2e-4, cycle weight 10, change weight
 1) learns the same data; then:
 
 - saliency: each defective test digit the classifier calls defective (up to
