@@ -46,6 +46,8 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   ConvGAN(config, rngs=)            .decode .discriminate  (no encoder: latents by invert)
   GANConfig
   build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN | DUQ | Translator
+  conv_general_dilated              lax's, with gradients XLA's CPU runs fast inside loops;
+                                    pass it to nnx.Conv(..., conv_general_dilated=)
 
 Training and evaluation
   train_vae(vae, train, test=None, **options) -> (vae, history)
@@ -132,6 +134,7 @@ _EXPORTS = {
     "AttackResult": "cfajax._loop",
     "Status": "cfajax._loop",
     "Classifier": "cfajax._models",
+    "conv_general_dilated": "cfajax._conv",
     "ClassifierConfig": "cfajax._models",
     "ConvGAN": "cfajax._models",
     "ConvVAE": "cfajax._models",
@@ -217,6 +220,7 @@ __all__ = [
     "Generator",
     "VAEConfig",
     "build_model",
+    "conv_general_dilated",
     # training
     "evaluate_classifier",
     "evaluate_duq",

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfajax._conv import conv_general_dilated
+
 HEADS = ("softmax", "sigmoid")
 
 
@@ -144,6 +146,11 @@ def _halvings(size: int, times: int) -> list[int]:
   return sizes
 
 
+def _conv_layer(*args, **kwargs) -> nnx.Conv:
+  """An `nnx.Conv` whose input gradient XLA runs fast inside the attack's loop (`_conv.py`)."""
+  return nnx.Conv(*args, conv_general_dilated=conv_general_dilated, **kwargs)
+
+
 def _depth_to_space(x: jax.Array) -> jax.Array:
   """(B, h, w, 4c) -> (B, 2h, 2w, c): each pixel's channels become a 2x2 block."""
   b, h, w, c = x.shape
@@ -169,7 +176,7 @@ def _subpixel_decoder(latent_dim: int, widths, channels: int, flat: int, rngs):
   """The layers of a sub-pixel convolutional decoder (shared by the VAE and the GAN)."""
   outs = tuple(widths[-2::-1]) + (channels,)
   return (nnx.Linear(latent_dim, flat, rngs=rngs),
-          nnx.data([nnx.Conv(i, 4 * o, (3, 3), rngs=rngs) for i, o in zip(widths[::-1], outs)]))
+          nnx.data([_conv_layer(i, 4 * o, (3, 3), rngs=rngs) for i, o in zip(widths[::-1], outs)]))
 
 
 def _subpixel_decode(from_latent, decoder, heights, widths_px, last_width, z):
@@ -221,7 +228,7 @@ class ConvVAE(nnx.Module):
     self.heights = tuple(_halvings(height, len(widths)))
     self.widths_px = tuple(_halvings(width, len(widths)))
     ins = (channels,) + widths[:-1]
-    self.encoder = nnx.data([nnx.Conv(i, o, (4, 4), strides=2, rngs=rngs)
+    self.encoder = nnx.data([_conv_layer(i, o, (4, 4), strides=2, rngs=rngs)
                              for i, o in zip(ins, widths)])
     flat = self.heights[-1] * self.widths_px[-1] * widths[-1]
     self.to_mean = nnx.Linear(flat, config.latent_dim, rngs=rngs)
@@ -313,7 +320,7 @@ class Classifier(nnx.Module):
     previous = channels
     for out in config.widths:
       for _ in range(config.depth):
-        convs.append(nnx.Conv(previous, out, (3, 3), rngs=rngs))
+        convs.append(_conv_layer(previous, out, (3, 3), rngs=rngs))
         previous = out
     self.convs = nnx.data(convs)
     stages = len(config.widths)
@@ -420,7 +427,7 @@ class ConvDiscriminator(nnx.Module):
   def __init__(self, config: GANConfig, *, rngs: nnx.Rngs):
     height, width, channels = config.image_shape
     ins = (channels,) + config.widths[:-1]
-    self.convs = nnx.data([nnx.Conv(i, o, (4, 4), strides=2, rngs=rngs)
+    self.convs = nnx.data([_conv_layer(i, o, (4, 4), strides=2, rngs=rngs)
                            for i, o in zip(ins, config.widths)])
     flat = (_halvings(height, len(config.widths))[-1] * _halvings(width, len(config.widths))[-1]
             * config.widths[-1])
@@ -637,13 +644,13 @@ class TranslationNet(nnx.Module):
   def __init__(self, config: TranslatorConfig, *, rngs: nnx.Rngs):
     channels, k, widths = config.image_shape[2], config.num_classes, config.widths
     self.num_classes = k
-    self.stem = nnx.Conv(channels + k, widths[0], (3, 3), rngs=rngs)
-    self.down = nnx.data([nnx.Conv(i + (k if level == len(widths) - 1 else 0), o, (4, 4),
+    self.stem = _conv_layer(channels + k, widths[0], (3, 3), rngs=rngs)
+    self.down = nnx.data([_conv_layer(i + (k if level == len(widths) - 1 else 0), o, (4, 4),
                                    strides=2, rngs=rngs)
                           for level, (i, o) in enumerate(zip(widths[:-1], widths[1:]), 1)])
-    self.up = nnx.data([nnx.Conv(o + i, i, (3, 3), rngs=rngs)
+    self.up = nnx.data([_conv_layer(o + i, i, (3, 3), rngs=rngs)
                         for i, o in zip(widths[:-1], widths[1:])][::-1])
-    self.out = nnx.Conv(widths[0], channels, (1, 1), kernel_init=nnx.initializers.zeros,
+    self.out = _conv_layer(widths[0], channels, (1, 1), kernel_init=nnx.initializers.zeros,
                         rngs=rngs)
 
   def _with_target(self, h, onehot):
