@@ -125,6 +125,9 @@ def main(argv=None):
   parser.add_argument("--pool", type=int, default=4096, help="continuous pool width")
   parser.add_argument("--encode-batch", type=int, default=4096)
   parser.add_argument("--repeats", type=int, default=3, help="timed repeats after the first")
+  parser.add_argument("--lax-convolutions", action="store_true",
+                      help="convolve with lax.conv_general_dilated instead of cfajax's "
+                           "(the comparison in benchmarks/RESULTS.md)")
   parser.add_argument("--out")
   args = parser.parse_args(argv)
   args.classes = tuple(int(c) for c in args.classes.split(","))
@@ -134,6 +137,9 @@ def main(argv=None):
         f"jax {device['jax']}, float32")
   vae, classifier, trained = build_workload("mnist", args.vae, args.classifier)
   print("weights:", "trained checkpoints" if trained else "random (flip rates mean nothing)")
+  if args.lax_convolutions:
+    from cpu_convolution import use_lax_convolutions
+    print(f"{use_lax_convolutions(vae, classifier)} convolutions switched to lax's")
   images = load_images(args.data_dir, args.limit)
 
   start = time.perf_counter()
