@@ -106,9 +106,16 @@ def test_other_convolutions_go_to_lax_unchanged():
     assert not _conv._fast_path(x, k, (1, 1), None, (2, 2), DN, 1, 1, None, {})
 
 
-def test_models_use_it_and_an_nnx_conv_accepts_it(tiny_classifier):
+def test_models_use_it_and_an_nnx_conv_accepts_it(tiny_classifier, monkeypatch):
   assert all(conv.conv_general_dilated is cfajax.conv_general_dilated
              for conv in tiny_classifier.convs)
+  # ... and what nnx.Conv passes (its dimension numbers, string padding) takes the fast path.
+  calls = []
+  fast = _conv._conv
+  monkeypatch.setattr(_conv, "_conv", lambda *args: calls.append(args[2]) or fast(*args))
+  tiny_classifier(jnp.zeros((1,) + tiny_classifier.config.image_shape))
+  assert calls == [((1, 1), (1, 1))] * len(tiny_classifier.convs)
+  monkeypatch.undo()
   conv = nnx.Conv(2, 3, (3, 3), conv_general_dilated=cfajax.conv_general_dilated,
                   rngs=nnx.Rngs(0))
   plain = nnx.Conv(2, 3, (3, 3), rngs=nnx.Rngs(0))
