@@ -23,7 +23,7 @@ real MNIST latents in one process:
 Rates are latent-steps/s, medians of the timed calls after a warm-up call;
 `compile_s` is the first call's excess over the median. The two convolutions'
 latents after the attack are compared: they may differ by float32 round-off
-only (the summation order of a convolution and of its matrix-product form).
+only (the input gradient's convolution reads its kernel in another layout).
 """
 
 from __future__ import annotations
@@ -79,16 +79,12 @@ def _step_outside_loop(vae, classifier, z, target, steps, repeats):
 
 
 def main() -> None:
+  from cpu_xla_flags import add_workload_arguments
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--vae", required=True)
-  parser.add_argument("--classifier", required=True)
-  parser.add_argument("--data-dir", required=True)
-  parser.add_argument("--batches", default="256,1024")
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--repeats", type=int, default=3)
+  add_workload_arguments(parser)
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
-  batches = [int(b) for b in args.batches.split(",")]
+  batches = args.batches
 
   import jax.numpy as jnp
   import torch

@@ -143,20 +143,25 @@ def components(args):
   return rows
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+  """The MNIST checkpoints, data and fixed-step timing options the CPU comparisons share."""
   parser.add_argument("--vae", required=True)
   parser.add_argument("--classifier", required=True)
   parser.add_argument("--data-dir", required=True)
-  parser.add_argument("--batches", default="256,1024")
+  parser.add_argument("--batches", default="256,1024",
+                      type=lambda text: [int(b) for b in text.split(",")])
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=3)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_workload_arguments(parser)
   parser.add_argument("--out")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--components-only", action="store_true",
                       help="only time the parts of one step (default flags), JAX against torch")
   args = parser.parse_args()
-  args.batches = [int(b) for b in args.batches.split(",")]
   if args.child:
     child(args)
     return
