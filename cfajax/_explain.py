@@ -260,8 +260,8 @@ def _note_model_changes(previous: dict | None, models: dict, log) -> None:
 
 
 def explain(config: ExplainConfig | None = None, *, classifier=None, generator=None,
-            images=None, attributes=None, attribute_validation=None, progress: bool = True,
-            log=print, restart: bool = False, **options) -> dict[str, Any]:
+            images=None, attributes=None, attribute_validation=None, latents=None,
+            progress: bool = True, log=print, restart: bool = False, **options) -> dict[str, Any]:
   """Explains a classifier's decisions over a whole set of images; writes to `config.out`.
 
   With no inputs, the preset `config.dataset` (default digits) supplies them.
@@ -294,6 +294,11 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
       path of an attribute CSV; the probes are fitted on it.
     attribute_validation: a table the probes are checked on (default: a
       held-out `probe_validation_fraction` of `attributes`).
+    latents: the images' latents, found beforehand: an (n, d) array, one row
+      per image, or the `InversionResult` of `cfajax.invert` on them (its
+      pixel errors then leave out badly inverted images, as when the
+      pipeline inverts). Used instead of the generator's encode or an
+      inversion, e.g. to invert once for several decisions on the same images.
     progress: show progress bars.
     log: where one-line status messages go (`print`; `None` for silence).
     restart: discard the results already in `out` (and a preset's models
@@ -321,7 +326,13 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   inputs = None
   if config.dataset is None:  # the user's inputs: read and checked before anything is written
     inputs = _inputs.custom_inputs(config, objects, attribute_validation, progress and leader)
-    _inputs.check_contract(config, inputs, _sources.generator_parts(inputs.generator))
+    contract = _inputs.check_contract(config, inputs, _sources.generator_parts(inputs.generator))
+    if latents is not None:
+      latents = _inputs.given_latents(latents, len(inputs.data.images), contract.latent_dim)
+  elif latents is not None:
+    raise ValueError(f"latents are for images you pass; the preset {config.dataset!r} encodes "
+                     "its own")
+  objects["latents"] = latents
   os.makedirs(config.out, exist_ok=True)
   lock = _runfolder.FolderLock(config.out) if leader else contextlib.nullcontext()
   with lock:
@@ -383,8 +394,12 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
   _warn_if_one_sided(task, logits[selected], log)
   if config.limit:
     selected = selected[task.subset(logits[selected], config.limit, config.seed)]
-  z, errors = _inputs.latents_of(config, parts, contract, data.images[selected],
-                          "images to explain", bars, log)
+  if objects["latents"] is not None:
+    z, errors = objects["latents"]
+    z, errors = z[selected], None if errors is None else errors[selected]
+  else:
+    z, errors = _inputs.latents_of(config, parts, contract, data.images[selected],
+                                   "images to explain", bars, log)
   inversion = None
   if errors is not None:
     bad, threshold = _inputs.badly_inverted(config, errors)
@@ -503,6 +518,8 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
                            "left_out_inversions": dropped_fit + dropped_check},
       "reconstruction_agreement": agreement,
       "inversion": inversion,
+      "latents": ("given" if objects["latents"] is not None
+                  else "encoded" if parts.encode is not None else "inverted"),
       "attack": config.attack,
       **({} if config.attack == "latent" else {"attribution_measurement": (
           "phi = g(E(x')) - g(E(x)): the counterfactual images, made without the generator, "

@@ -2,8 +2,9 @@
 
 `custom_inputs` reads the user's images, attribute tables and models; `check_contract` checks
 the models against the images before any of them runs; `latents_of` encodes
-images, or inverts them for a generator without an encoder, and
-`badly_inverted` says which inversions are too poor to explain.
+images, or inverts them for a generator without an encoder, `given_latents`
+checks latents found beforehand, and `badly_inverted` says which inversions are
+too poor to explain.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from cfajax import _checks
 from cfajax import _data
 from cfajax import _sources
 from cfajax._attribute_tables import AttributeTable
 from cfajax._attribute_tables import as_attribute_table
 from cfajax._batching import apply_batched
+from cfajax._inversion import InversionResult
 from cfajax._inversion import invert
 
 # Inputs that may be given as Python objects instead of strings.
@@ -141,6 +144,27 @@ def latents_of(config, parts: _sources.GeneratorParts, contract: Contract,
                   prior_weight=config.inversion_prior_weight, seed=config.seed,
                   batch_size=config.pool_size, progress=progress)
   return np.asarray(result.z), np.asarray(result.pixel_mse)
+
+
+def given_latents(latents, num_images: int, latent_dim: int):
+  """(z, errors) of latents the user found beforehand for every image to explain.
+
+  `latents` is an (n, d) array, or the `InversionResult` of `invert` on the
+  images, whose pixel errors then decide which images are left out as for an
+  inversion the pipeline runs itself.
+
+  Raises:
+    ValueError: latents that are not finite (n, d) floats, one row per image,
+      of the generator's latent size.
+  """
+  errors = None
+  if isinstance(latents, InversionResult):
+    latents, errors = latents.z, np.asarray(latents.pixel_mse, np.float64)
+  z = _checks.latents(latents, "latents")
+  if z.shape != (num_images, latent_dim):
+    raise ValueError(f"latents must hold one row per image to explain, of the generator's "
+                     f"latent size: ({num_images}, {latent_dim}); got {z.shape}")
+  return z, errors
 
 
 def badly_inverted(config, errors: np.ndarray) -> tuple[np.ndarray, float]:

@@ -240,3 +240,54 @@ def test_a_decoder_only_generator_is_inverted_and_bad_inversions_left_out(user_f
     cfajax.explain(images=images, attributes=str(root / "labels" / "attributes.csv"),
                    classifier=classifier, generator=decode_only, out=str(tmp_path / "never"),
                    **OPTIONS)
+
+
+def test_latents_found_beforehand_stand_in_for_the_pipelines_inversion(user_files, tmp_path):
+  """An `InversionResult` given as `latents` gives the run the pipeline's own inversion gives."""
+  root, classifier, generator = user_files
+  decode_only = jax.tree_util.Partial(generator.decode)
+  images = cfajax.load_image_folder(root / "explain").images[:150]
+  images = images[np.isin(np.asarray(classifier(images)).argmax(-1), (4, 9))]
+  attributes = str(root / "labels" / "attributes.csv")
+  inversion = dict(inversion_steps=150, inversion_step_size=0.1)
+  own = cfajax.explain(images=images, attributes=attributes, classifier=classifier,
+                       generator=decode_only, latent_dim=12, out=str(tmp_path / "own"),
+                       **inversion, **OPTIONS)
+  assert own["latents"] == "inverted" and own["num_candidates"] == len(images)
+  config = cfajax.ExplainConfig()
+  found = cfajax.invert(decode_only, images, latent_dim=12, starts=config.inversion_starts,
+                        max_steps=150, step_size=0.1, prior_weight=config.inversion_prior_weight,
+                        seed=config.seed, batch_size=OPTIONS["pool_size"])
+  given = cfajax.explain(images=images, attributes=attributes, classifier=classifier,
+                         generator=decode_only, latent_dim=12, latents=found,
+                         out=str(tmp_path / "given"), **inversion, **OPTIONS)
+  assert given["latents"] == "given"
+  assert given["inversion"] == own["inversion"]
+  assert given["global_attributions"] == own["global_attributions"]
+  a, b = (np.load(tmp_path / run / "examples.npz") for run in ("own", "given"))
+  for key in ("index", "z", "z_cf", "phi"):
+    np.testing.assert_array_equal(a[key], b[key])
+  # A plain array: no errors, so no image is left out.
+  plain = cfajax.explain(images=images, attributes=attributes, classifier=classifier,
+                         generator=decode_only, latent_dim=12, latents=np.asarray(found.z),
+                         out=str(tmp_path / "plain"), **inversion, **OPTIONS)
+  assert plain["inversion"] is None and plain["num_examples"] == len(images)
+
+
+def test_bad_latents_are_refused_before_any_work(user_files, tmp_path):
+  root, classifier, generator = user_files
+  images = cfajax.load_image_folder(root / "explain").images[:20]
+  run = dict(images=images, attributes=str(root / "labels" / "attributes.csv"),
+             classifier=classifier, generator=generator, out=str(tmp_path / "never"), **OPTIONS)
+  z = np.zeros((20, 12), np.float32)
+  with pytest.raises(ValueError, match=r"one row per image .*: \(20, 12\); got \(19, 12\)"):
+    cfajax.explain(latents=z[1:], **run)
+  with pytest.raises(ValueError, match=r"latent size: \(20, 12\); got \(20, 11\)"):
+    cfajax.explain(latents=z[:, 1:], **run)
+  z[3, 4] = np.nan
+  with pytest.raises(ValueError, match="latents"):
+    cfajax.explain(latents=z, **run)
+  with pytest.raises(ValueError, match="latents are for images you pass"):
+    cfajax.explain(dataset="digits", latents=z, out=str(tmp_path / "never"), progress=False,
+                   log=None)
+  assert not (tmp_path / "never").exists()
