@@ -101,11 +101,16 @@ def save_figure(fig, name: str, dpi: int = 110) -> None:
 
 def save_small(fig, path, dpi):
   """Saves a figure as a 256-colour PNG: photos stay small in the repository."""
-  from PIL import Image
   plt = _pyplot()
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
+  quantize_png(path)
+
+
+def quantize_png(path):
+  """Rewrites a PNG with 256 colours."""
+  from PIL import Image
   Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
@@ -207,6 +212,21 @@ def apply(fn, x, batch_size=1024):
   return apply_batched(fn, x, batch_size)
 
 
+def psi_agreement(psi_a, psi_b, top=5) -> dict:
+  """How far two psi vectors over the same attributes agree.
+
+  top_shared: attributes in both top-`top` lists (by |psi|); rank_correlation:
+  Pearson correlation of the |psi| ranks (Spearman's rho on magnitudes);
+  signed_correlation: Pearson correlation of psi itself.
+  """
+  psi_a, psi_b = np.asarray(psi_a), np.asarray(psi_b)
+  tops = [set(np.argsort(-np.abs(p))[:top]) for p in (psi_a, psi_b)]
+  ranks = [np.argsort(np.argsort(-np.abs(p))) for p in (psi_a, psi_b)]
+  return {"top_shared": len(tops[0] & tops[1]),
+          "rank_correlation": float(np.corrcoef(ranks[0], ranks[1])[0, 1]),
+          "signed_correlation": float(np.corrcoef(psi_a, psi_b)[0, 1])}
+
+
 def split_half_overlap(phi, original_prob, success, names, seed=0, splits=100, top=5):
   """Top-`top` overlap and rank correlation of psi between two random halves, over `splits`."""
   rng = np.random.default_rng(seed)
@@ -217,10 +237,9 @@ def split_half_overlap(phi, original_prob, success, names, seed=0, splits=100, t
     halves = [order[:n // 2], order[n // 2:]]
     psis = [cfajax.global_attributions(phi[h], original_prob[h], success=success[h],
                                        names=names, num_bootstrap=0).psi for h in halves]
-    tops = [set(np.argsort(-np.abs(p))[:top]) for p in psis]
-    overlaps.append(len(tops[0] & tops[1]) / top)
-    ranks = [np.argsort(np.argsort(-np.abs(p))) for p in psis]
-    correlations.append(float(np.corrcoef(ranks[0], ranks[1])[0, 1]))
+    agreement = psi_agreement(*psis, top=top)
+    overlaps.append(agreement["top_shared"] / top)
+    correlations.append(agreement["rank_correlation"])
   return {"top5_overlap_mean": float(np.mean(overlaps)),
           "top5_overlap_min": float(np.min(overlaps)),
           "top5_identical_fraction": float(np.mean(np.asarray(overlaps) == 1.0)),

@@ -10,8 +10,9 @@ Reads <runs>/vae, <runs>/gan, <runs>/classifier and <runs>/oracle. For each
 explained decision (MNIST: 4 vs 9; CelebA: Young, Attractive, Male) it runs
 `cfajax.explain` twice on the same images with the same classifier, attack
 and attribute table, once with the VAE (latents from its encoder) and once
-with the GAN (latents from `invert`; badly inverted images are left out by
-the pipeline and counted). Both are then measured on the images both kept:
+with the GAN (latents from `invert`, run once on the explained images and
+once on the attribute table's, and shared by every decision; badly inverted
+images are left out by the pipeline and counted). Both are then measured on the images both kept:
 
 - validity (flip rate) and steps, at threshold 0.5 and, attacking the same
   latents again, at 0.9;
@@ -43,6 +44,7 @@ import numpy as np
 import cfajax
 from cfajax import metrics
 from cfajax._attribute_tables import descriptor_tables
+from cfajax._inputs import badly_inverted
 
 from common import FIGURES
 from common import Stopwatch
@@ -50,6 +52,8 @@ from common import apply
 from common import hardware
 from common import markdown_table
 from common import progression_grid
+from common import psi_agreement
+from common import quantize_png
 from common import split_half_overlap
 from common import write_json
 
@@ -90,6 +94,28 @@ def decisions(args):
   data = (f"{len(x)} held-out CelebA faces (64x64); probes on {len(aux_part)} auxiliary faces' "
           f"labels; reference: {args.reference} auxiliary faces")
   return tasks, table, reference, data
+
+
+def invert_once(gan, x, table, args):
+  """The GAN's inversions of the explained images and of the attribute table's images.
+
+  Each decision's `explain` takes them as `latents=` and an attribute table of
+  latents, instead of inverting the same images again. Options as `explain`'s
+  own inversion; the table's badly inverted rows are left out by its rule.
+  """
+  config = cfajax.ExplainConfig()
+  options = dict(latent_dim=gan.config.latent_dim, starts=args.starts,
+                 max_steps=args.inversion_steps, step_size=config.inversion_step_size,
+                 prior_weight=config.inversion_prior_weight, seed=config.seed,
+                 batch_size=config.pool_size, progress=True)
+  images = cfajax.invert(gan.decode, x, **options)
+  found = cfajax.invert(gan.decode, table.images, **options)
+  errors = np.asarray(found.pixel_mse)
+  bad, _ = badly_inverted(config, errors)
+  latents = cfajax.AttributeTable(table.names, table.values[~bad], latents=np.asarray(found.z)[~bad],
+                                  name=f"{table.name}, inverted")
+  return images, latents, {"table_images": len(errors), "table_left_out": int(bad.sum()),
+                           "table_median_error": float(np.median(errors))}
 
 
 def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
@@ -159,15 +185,20 @@ def main():
             "thresholds": thresholds, "decisions": {}}
   clock.lap("load")
   print(data)
+  x_all = tasks[0][1]
+  assert all(task[1] is x_all for task in tasks), "every decision explains the same images"
+  inverted, gan_table, record["inversion"]["table"] = invert_once(generators["gan"], x_all,
+                                                                  table, args)
+  clock.lap("invert with the GAN")
 
   for name, x_all, classifier, oracle, options in tasks:
     runs = {}
     for g, generator in generators.items():
       folder = Path(args.work) / f"{args.dataset}-{name.replace(' ', '')}-{g}"
+      given = {"latents": inverted, "attributes": gan_table} if g == "gan" else {
+          "attributes": table}
       summary = cfajax.explain(images=x_all, classifier=classifier, generator=generator,
-                               attributes=table, out=str(folder), **options, **LATENT,
-                               inversion_starts=args.starts,
-                               inversion_steps=args.inversion_steps, log=print)
+                               out=str(folder), **given, **options, **LATENT, log=print)
       runs[g] = (summary, dict(np.load(folder / "examples.npz")))
       clock.lap(f"{name}: explain with the {g}")
     common = np.intersect1d(runs["vae"][1]["index"], runs["gan"][1]["index"])
@@ -205,18 +236,24 @@ def main():
                 for a in psi.ranking[:5]],
           split_half=split_half_overlap(ex["phi"][rows], ex["original_prob"][rows], success,
                                         names))
+      result["psi"] = dict(zip(psi.names, map(float, psi.psi)))
       entry[g] = result
       figure[g] = (np.asarray(apply(decode, ex["z"][rows[:8]])),
                    np.asarray(apply(decode, ex["z_cf"][rows[:8]])))
       clock.lap(f"{name}: measure the {g}")
+    names = list(entry["vae"]["psi"])
+    entry["vae_vs_gan"] = psi_agreement(*([entry[g]["psi"][n] for n in names] for g in GENERATORS))
     record["decisions"][name] = entry
     frames = np.stack([figure["vae"][0], figure["vae"][1], figure["gan"][0], figure["gan"][1]],
                       axis=1)
     suffix = "" if len(tasks) == 1 else "_" + name.lower()
     progression_grid(FIGURES / f"generators_{args.dataset}{suffix}.png", x[:8], frames,
-                     [f"→ {t}" for t in target[:8]], ["VAE G(E(x))", "VAE x'", "GAN G(z*)",
+                     [f"→ {t}" if options else f"→ {'' if t else 'not '}{name}"
+                      for t in target[:8]], ["VAE G(E(x))", "VAE x'", "GAN G(z*)",
                                                       "GAN x'"], diff=False,
                      title=f"{name}: the same images through two generators (p ≥ 0.5)")
+    if x.shape[-1] == 3:  # photos: 256 colours keep the figure small
+      quantize_png(FIGURES / f"generators_{args.dataset}{suffix}.png")
   record["wall_seconds"] = clock.stages
   write_json(out, record)
   report(record)
@@ -264,6 +301,9 @@ def report(record):
       print(f"- {name}, {g.upper()}: {top}; split-half top-5 overlap "
             f"{s['top5_overlap_mean']:.2f} (min {s['top5_overlap_min']:.1f}), rank r "
             f"{s['rank_correlation_mean']:.2f}")
+    a = entry["vae_vs_gan"]
+    print(f"- {name}, VAE against GAN: {a['top_shared']} of the top 5 shared, rank r "
+          f"{a['rank_correlation']:.2f}, correlation of psi {a['signed_correlation']:.2f}")
 
 
 if __name__ == "__main__":
