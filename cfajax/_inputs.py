@@ -138,12 +138,17 @@ def latents_of(config, parts: _sources.GeneratorParts, contract: Contract,
   if parts.encode is not None:
     return apply_batched(parts.encode, images), None
   log(f"inverting {len(images)} {what} (the generator has no encoder)")
-  result = invert(parts.decode, images, latent_dim=contract.latent_dim,
-                  starts=config.inversion_starts, max_steps=config.inversion_steps,
-                  step_size=config.inversion_step_size,
-                  prior_weight=config.inversion_prior_weight, seed=config.seed,
-                  batch_size=config.pool_size, progress=progress)
+  result = invert(parts.decode, images, **inversion_options(config, contract.latent_dim),
+                  progress=progress)
   return np.asarray(result.z), np.asarray(result.pixel_mse)
+
+
+def inversion_options(config, latent_dim: int) -> dict[str, Any]:
+  """The keyword arguments of `invert` that a run's options (an `ExplainConfig`) give."""
+  return dict(latent_dim=latent_dim, starts=config.inversion_starts,
+              max_steps=config.inversion_steps, step_size=config.inversion_step_size,
+              prior_weight=config.inversion_prior_weight, seed=config.seed,
+              batch_size=config.pool_size)
 
 
 def given_latents(latents, num_images: int, latent_dim: int):

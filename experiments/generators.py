@@ -12,7 +12,8 @@ explained decision (MNIST: 4 vs 9; CelebA: Young, Attractive, Male) it runs
 and attribute table, once with the VAE (latents from its encoder) and once
 with the GAN (latents from `invert`, run once on the explained images and
 once on the attribute table's, and shared by every decision; badly inverted
-images are left out by the pipeline and counted). Both are then measured on the images both kept:
+images are left out by the pipeline and counted). Both are then measured on
+the images both kept:
 
 - validity (flip rate) and steps, at threshold 0.5 and, attacking the same
   latents again, at 0.9;
@@ -45,6 +46,7 @@ import cfajax
 from cfajax import metrics
 from cfajax._attribute_tables import descriptor_tables
 from cfajax._inputs import badly_inverted
+from cfajax._inputs import inversion_options
 
 from common import FIGURES
 from common import Stopwatch
@@ -103,16 +105,14 @@ def invert_once(gan, x, table, args):
   latents, instead of inverting the same images again. Options as `explain`'s
   own inversion; the table's badly inverted rows are left out by its rule.
   """
-  config = cfajax.ExplainConfig()
-  options = dict(latent_dim=gan.config.latent_dim, starts=args.starts,
-                 max_steps=args.inversion_steps, step_size=config.inversion_step_size,
-                 prior_weight=config.inversion_prior_weight, seed=config.seed,
-                 batch_size=config.pool_size, progress=True)
-  images = cfajax.invert(gan.decode, x, **options)
-  found = cfajax.invert(gan.decode, table.images, **options)
+  config = cfajax.ExplainConfig(inversion_starts=args.starts, inversion_steps=args.inversion_steps)
+  options = inversion_options(config, gan.config.latent_dim)
+  images = cfajax.invert(gan.decode, x, **options, progress=True)
+  found = cfajax.invert(gan.decode, table.images, **options, progress=True)
   errors = np.asarray(found.pixel_mse)
   bad, _ = badly_inverted(config, errors)
-  latents = cfajax.AttributeTable(table.names, table.values[~bad], latents=np.asarray(found.z)[~bad],
+  latents = cfajax.AttributeTable(table.names, table.values[~bad],
+                                  latents=np.asarray(found.z)[~bad],
                                   name=f"{table.name}, inverted")
   return images, latents, {"table_images": len(errors), "table_left_out": int(bad.sum()),
                            "table_median_error": float(np.median(errors))}
@@ -248,7 +248,7 @@ def main():
                       axis=1)
     suffix = "" if len(tasks) == 1 else "_" + name.lower()
     progression_grid(FIGURES / f"generators_{args.dataset}{suffix}.png", x[:8], frames,
-                     [f"→ {t}" if options else f"→ {'' if t else 'not '}{name}"
+                     [f"→ {t}" if "classes" in options else f"→ {'' if t else 'not '}{name}"
                       for t in target[:8]], ["VAE G(E(x))", "VAE x'", "GAN G(z*)",
                                                       "GAN x'"], diff=False,
                      title=f"{name}: the same images through two generators (p ≥ 0.5)")
