@@ -42,6 +42,11 @@ class Stopwatch:
     return self.stages[name]
 
 
+def oracle_features(oracle):
+  """The penultimate layer of the oracle (through a `select_output` head too)."""
+  return getattr(oracle, "classifier", oracle).features
+
+
 def progression(decode, classify, z, target, fractions, steps, **options) -> np.ndarray:
   """Images along each latent's path: (n, len(fractions), H, W, C).
 

@@ -53,6 +53,7 @@ from common import Stopwatch
 from common import apply
 from common import hardware
 from common import markdown_table
+from common import oracle_features
 from common import progression_grid
 from common import psi_agreement
 from common import quantize_png
@@ -150,11 +151,6 @@ def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
                                                    reference)["distance"]
                     for name, images in sets.items()}
   return out
-
-
-def oracle_features(oracle):
-  """The penultimate layer of the oracle (through a `select_output` head too)."""
-  return getattr(oracle, "classifier", oracle).features
 
 
 def main():
