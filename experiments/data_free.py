@@ -47,7 +47,8 @@ CelebA ablation uses its choice when its record exists.
 Writes experiments/results/data_free_<dataset>.json, prints the markdown
 tables of experiments/RESULTS.md, and draws
 experiments/figures/data_free_<dataset>.png. MNIST: about 15 minutes on 2 CPU
-cores (`--tune`, run first: about 13). CelebA: see RESULTS.md.
+cores (`--tune`, run first: about 13). CelebA: about 18 minutes (`--tune`:
+about 7). `--report` prints the tables of an existing record.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from common import apply
 from common import hardware
 from common import markdown_table
 from common import oracle_features
+from common import psi_agreement
 from common import save_figure
 from common import save_small
 from common import write_json
@@ -390,9 +392,14 @@ def main():
                            "data_free_celeba_tuning.json for CelebA)")
   parser.add_argument("--out", default=None,
                       help="default: experiments/results/data_free_<dataset>.json")
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
   args = parser.parse_args()
   args.runs = args.runs or f"runs/{args.dataset}"
   args.out = args.out or f"experiments/results/data_free_{args.dataset}.json"
+  if args.report:
+    report(json.loads(Path(args.out).read_text()))
+    return
   clock = Stopwatch()
   record = {"hardware": hardware(), "dataset": args.dataset}
   (run_mnist if args.dataset == "mnist" else run_celeba)(args, record, clock)
@@ -456,6 +463,12 @@ def report(record):
         top = [(a, round(psi["attributes"][a]["psi"], 3),
                 [round(v, 3) for v in psi["attributes"][a]["ci"]]) for a in psi["ranking"][:5]]
         print(f"{decision}, {name} (n = {psi['num_used']}):", top)
+      latent = by_attack["latent attack (VAE)"]
+      for name in ("DISC (all three)", "plain deep inversion"):
+        if by_attack[name] is not None and latent is not None:
+          values = [[p["attributes"][a]["psi"] for a in latent["attributes"]]
+                    for p in (by_attack[name], latent)]
+          print(f"{decision}, psi of {name} against the latent attack's:", psi_agreement(*values))
   print(record["stages_s"])
 
 
