@@ -95,7 +95,7 @@ VARIANTS = {
 }
 SHOWN = ("pixel attack", "plain deep inversion", "DISC (all three)", "latent attack (VAE)")
 # The weight searches (tv, proximity, manifold, learning rate of full DISC): MNIST's chose
-# `data_free_attack`'s defaults; CelebA's is smaller, for 2 CPU cores.
+# `data_free_attack`'s defaults; CelebA's leaves out learning rate 3e-4, for 2 CPU cores.
 TUNE_GRIDS = {
     "mnist": ((0.05,), (1.0, 3.0, 10.0, 30.0, 100.0), (0.003, 0.03, 0.3), (3e-4, 1e-3)),
     "celeba": ((0.05,), (1.0, 3.0, 10.0, 30.0, 100.0), (0.003, 0.03, 0.3), (1e-3,)),
