@@ -54,7 +54,6 @@ about 7). `--report` prints the tables of an existing record.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import time
@@ -65,6 +64,7 @@ import numpy as np
 import cfajax
 from cfajax import metrics
 from cfajax._attribute_tables import descriptor_tables
+from cfajax._recipes import _with_attribute_labels
 
 from common import FIGURES
 from common import Stopwatch
@@ -120,10 +120,15 @@ def data_free(classifier, duq, x, target, threshold, options):
                                  manifold=manifold, **options)
 
 
+def target_certainty(duq, images, target) -> np.ndarray:
+  """DUQ's certainty K_t(x) of each image's target class."""
+  return np.exp(np.asarray(apply(duq.log_certainty, images)))[np.arange(len(images)), target]
+
+
 def measure(name, images, cf, result, target, seconds, oracle, features, reference, duq):
   success = np.asarray(result.status) == cfajax.Status.REACHED
   delta = (cf - images).reshape(len(images), -1)[success]
-  certainty = np.exp(np.asarray(apply(duq.log_certainty, cf)))[np.arange(len(cf)), target]
+  certainty = target_certainty(duq, cf, target)
   return {
       "variant": name, "n": int(len(images)), "flip_rate": float(success.mean()),
       "median_steps": float(np.median(np.asarray(result.steps)[success])) if success.any() else None,
@@ -158,14 +163,13 @@ def tune(classifier, oracle, duq, x, target, grid):
   return {"grid": rows, "chosen": best, "oracle_agreement_on_queries": floor}
 
 
-def ablation(classifier, oracle, duq, vae, x, target, reference, weights=None):
-  """Every attack on the queries at each threshold.
+def ablation(classifier, oracle, duq, vae, x, z, target, reference, weights=None):
+  """Every attack on the queries `x` (encoded: `z`) at each threshold.
 
   Returns (rows, images, reached): the metrics of each (attack, threshold), and
   its counterfactuals and which reached the target, by (attack, threshold).
   """
   features = oracle_features(oracle)
-  z = np.asarray(apply(vae.encode, x))
   rows, images, reached = [], {}, {}
 
   def attack(name, threshold, run):
@@ -270,10 +274,10 @@ def run_mnist(args, record, clock):
   reference = np.stack([train.images[rng.choice(np.flatnonzero(train.labels == t))]
                         for t in target])
   record["queries"] = int(len(x))
-  rows, images, reached = ablation(classifier, oracle, duq, vae, x, target, reference)
+  z = np.asarray(apply(vae.encode, x))
+  rows, images, reached = ablation(classifier, oracle, duq, vae, x, z, target, reference)
   record["ablation"] = rows
-  record["duq_target_certainty_of_queries"] = float(np.median(np.exp(np.asarray(
-      apply(duq.log_certainty, x)))[np.arange(len(x)), target]))
+  record["duq_target_certainty_of_queries"] = float(np.median(target_certainty(duq, x, target)))
   record["real_frechet_floor"] = metrics.frechet_distance(
       oracle.features, test.images[np.flatnonzero(np.isin(test.labels, target))[:len(x)]],
       reference)["distance"]
@@ -288,7 +292,6 @@ def run_mnist(args, record, clock):
                              names=table.names)
   four = source == 4
   prob = np.asarray(apply(classifier.probabilities, x))[:, 9]
-  z = np.asarray(apply(vae.encode, x))
   record["attributions"] = {"4→9": attributions(probes, vae.encode, prob, z, images, reached,
                                                 four, table.names)}
   clock.lap("attributions")
@@ -297,10 +300,10 @@ def run_mnist(args, record, clock):
        "MNIST counterfactuals at threshold 0.9", "data_free_mnist.png")
 
 
-def balanced_queries(classifier, dataset, attribute, count):
-  """Up to `count` faces whose `attribute` the classifier gets right, half with it and
-  half without, and their targets (the other side)."""
-  label = dataset.attributes[:, dataset.attribute_index(attribute)].astype(np.int32)
+def balanced_queries(classifier, dataset, count):
+  """Up to `count` faces whose attribute (`dataset`'s 0/1 labels) the classifier gets
+  right, half with it and half without, and their targets (the other side)."""
+  label = dataset.labels
   right = (metrics.target_probability(classifier, dataset.images, 1) >= 0.5) == (label == 1)
   rows = np.concatenate([np.flatnonzero(right & (label == side))[:count // 2] for side in (1, 0)])
   return rows, 1 - label[rows]
@@ -312,15 +315,14 @@ def run_celeba(args, record, clock):
   duqs = {head: load_duq(runs / f"duq-{head}") for head in HEADS[:1 if args.tune else None]}
   faces = cfajax.load_celeba(args.data_dir, "train", 64)
   aux, test = cfajax.split_dataset(faces, HOLDOUT, seed=None)  # as `cfajax train` held out
-  record["duq"] = {head: cfajax.evaluate_duq(duq, dataclasses.replace(
-      test, labels=test.attributes[:, test.attribute_index(head)].astype(np.int32)))
-      for head, duq in duqs.items()}
+  record["duq"] = {head: cfajax.evaluate_duq(duq, _with_attribute_labels(test, head))
+                   for head, duq in duqs.items()}
   clock.lap("models")
   heads = {head: (cfajax.select_output(classifier, head), cfajax.select_output(oracle, head))
            for head in HEADS}
   if args.tune:
     clf, judge = heads[HEADS[0]]
-    rows, target = balanced_queries(clf, aux, HEADS[0], 40)
+    rows, target = balanced_queries(clf, _with_attribute_labels(aux, HEADS[0]), 40)
     record["tuning"] = tune(clf, judge, duqs[HEADS[0]], aux.images[rows], target,
                             TUNE_GRIDS["celeba"])
     return
@@ -340,27 +342,26 @@ def run_celeba(args, record, clock):
   rng = np.random.default_rng(0)
   shown, labels = [], []  # per decision: a query of each side and its counterfactuals at 0.9
   for head, (clf, judge) in heads.items():
-    rows, target = balanced_queries(clf, test, head, args.per_decision)
+    test_head, aux_head = (_with_attribute_labels(d, head) for d in (test, aux))
+    rows, target = balanced_queries(clf, test_head, args.per_decision)
     x = test.images[rows]
-    column = aux.attributes[:, aux.attribute_index(head)]
-    reference = aux.images[[rng.choice(np.flatnonzero(column == t)) for t in target]]
+    reference = aux.images[[rng.choice(np.flatnonzero(aux_head.labels == t)) for t in target]]
     others = np.setdiff1d(np.arange(len(test)), rows)
-    side = test.attributes[others, test.attribute_index(head)]
+    side = test_head.labels[others]
     real = np.concatenate([test.images[others[side == t]][:int((target == t).sum())]
                            for t in (0, 1)])
     duq = duqs[head]
-    table, images, reached = ablation(clf, judge, duq, vae, x, target, reference, weights)
+    z = np.asarray(apply(vae.encode, x))
+    table, images, reached = ablation(clf, judge, duq, vae, x, z, target, reference, weights)
     out = {"queries": int(len(x)), "ablation": table,
            # the oracle's agreement with the target before any change: the floor to beat
            "oracle_agreement_on_queries": metrics.oracle_agreement(judge, x, target)["agreement"],
-           "duq_target_certainty_of_queries": float(np.median(np.exp(np.asarray(
-               apply(duq.log_certainty, x)))[np.arange(len(x)), target])),
+           "duq_target_certainty_of_queries": float(np.median(target_certainty(duq, x, target))),
            "real_frechet_floor": metrics.frechet_distance(oracle_features(judge), real,
                                                           reference)["distance"],
            "groups": confirmed(judge, images, reached, target,
                                [(f"→ {head}", target == 1), (f"→ not {head}", target == 0)])}
     prob = metrics.target_probability(clf, x, 1)
-    z = np.asarray(apply(vae.encode, x))
     out["attributions"] = {head: attributions(probes, vae.encode, prob, z, images, reached,
                                               np.ones(len(x), bool), names)}
     record["decisions"][head] = out
