@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -250,7 +251,9 @@ def read_idx(path, expected_magic: int | None = None) -> np.ndarray:
   if len(raw) < header:
     raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
   shape = struct.unpack(f">{ndim}I", raw[4:header])
-  size = int(np.prod(shape))
+  # Python's integers, not NumPy's: sizes near 2**32 overflow int64 in np.prod,
+  # and a product that wraps to the data's length would pass the check below.
+  size = math.prod(shape)
   if len(raw) - header != size:
     raise ValueError(
         f"{path}: header gives shape {shape} ({size} bytes of data) but the file holds "

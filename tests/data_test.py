@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def test_idx_size_that_does_not_match_the_header(tmp_path):
     cfajax.read_idx(short)
   with pytest.raises(ValueError, match="cannot read"):
     cfajax.read_idx(write(tmp_path / "broken.gz", b"not gzip", False))
+
+
+@pytest.mark.parametrize("sizes, data", [
+    # 2**31 * 2**31 * 4 = 2**64 wraps to 0 in int64, the length of the data.
+    ((2**31, 2**31, 4), b""),
+    ((2**32 - 1,) * 3, bytes(7)),
+    ((60000, 28, 28), bytes(10)),
+], ids=["wraps to the data's length", "beyond int64", "beyond the data"])
+def test_idx_header_whose_sizes_overflow_names_the_file(tmp_path, sizes, data):
+  path = write(tmp_path / "huge-idx3-ubyte", struct.pack(">4I", 0x0803, *sizes) + data, False)
+  expected = f"{path}: header gives shape {sizes} ({sizes[0] * sizes[1] * sizes[2]} bytes"
+  with pytest.raises(ValueError, match=re.escape(expected)):
+    cfajax.read_idx(path)
 
 
 @pytest.mark.parametrize("compress", [False, True])
