@@ -11,10 +11,12 @@ servers name an app).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +33,31 @@ def is_import_string(spec) -> bool:
   return isinstance(spec, str) and bool(_IMPORT_STRING.match(spec)) and not os.path.exists(spec)
 
 
+@contextlib.contextmanager
+def _working_directory_importable():
+  """The working directory on `sys.path` (first, as `python -m` puts it) while in use.
+
+  A console script's `sys.path` starts with the script's own folder instead,
+  so without this `cfajax explain --classifier mymodel:build` could not
+  import the user's `mymodel.py` where `python -m cfajax` could.
+  """
+  cwd = os.getcwd()
+  present = any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path)
+  if not present:
+    sys.path.insert(0, cwd)
+  try:
+    yield
+  finally:
+    if not present and cwd in sys.path:
+      sys.path.remove(cwd)
+
+
 def load_model_spec(spec, what: str):
   """The model a string names: a cfajax checkpoint folder, or `module:factory`.
+
+  The module of an import string may lie in the working directory, whether
+  cfajax runs as the `cfajax` console script, as `python -m cfajax` or from
+  Python.
 
   Raises:
     ValueError: an import string whose module or factory does not import,
@@ -40,28 +65,33 @@ def load_model_spec(spec, what: str):
     FileNotFoundError: a path that does not exist.
   """
   if is_import_string(spec):
-    module_name, _, attribute = spec.partition(":")
-    try:
-      module = importlib.import_module(module_name)
-    except ImportError as e:
-      raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e})") from e
-    target = module
-    for part in attribute.split("."):
-      if not hasattr(target, part):
-        raise ValueError(f"{what} {spec!r}: module {module_name!r} has no {attribute!r}")
-      target = getattr(target, part)
-    if not callable(target):
-      raise ValueError(f"{what} {spec!r}: {attribute} is not a factory (not callable)")
-    try:
-      return target()
-    except Exception as e:
-      raise ValueError(f"{what} {spec!r}: the factory failed ({type(e).__name__}: {e})") from e
+    with _working_directory_importable():
+      return _call_factory(spec, what)
   from cfajax._checkpoint import load_model
   path = Path(spec)
   if not path.exists():
     raise FileNotFoundError(f"{what} {spec!r}: no checkpoint folder there, and not an import "
                             "string of the form package.module:factory")
   return load_model(path)
+
+
+def _call_factory(spec: str, what: str):
+  module_name, _, attribute = spec.partition(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e})") from e
+  target = module
+  for part in attribute.split("."):
+    if not hasattr(target, part):
+      raise ValueError(f"{what} {spec!r}: module {module_name!r} has no {attribute!r}")
+    target = getattr(target, part)
+  if not callable(target):
+    raise ValueError(f"{what} {spec!r}: {attribute} is not a factory (not callable)")
+  try:
+    return target()
+  except Exception as e:
+    raise ValueError(f"{what} {spec!r}: the factory failed ({type(e).__name__}: {e})") from e
 
 
 @dataclasses.dataclass(frozen=True)
