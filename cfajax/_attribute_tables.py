@@ -111,9 +111,10 @@ class AttributeTable:
                progress: bool = False) -> "AttributeTable":
     """Reads a CSV file: a header, then one row per image file.
 
-    The first column names an image file (relative to `image_dir`, default
-    the CSV's folder); every other column is an attribute whose values are
-    0/1, -1/+1 (CelebA's convention) or false/true.
+    The first column names an image file; every other column is an attribute
+    whose values are 0/1, -1/+1 (CelebA's convention) or false/true. A
+    relative file path is read relative to the CSV's own folder (not the
+    working directory), or to `image_dir` when one is given.
 
     Raises:
       FileNotFoundError: the CSV, or image files it names, do not exist.
