@@ -173,6 +173,45 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
   return "\n".join(lines)
 
 
+def percent(value, digits: int = 1) -> str:
+  """0.704 -> "70.4%", 1.0 -> "100%": `digits` decimals, a trailing ".0" dropped."""
+  if value is None:
+    return "—"
+  text = f"{100 * value:.{digits}f}"
+  if "." in text:
+    text = text.rstrip("0").rstrip(".")
+  return text + "%"
+
+
+def signed(value, digits: int = 3) -> str:
+  """+0.141, −0.043: a sign always, and the minus sign RESULTS.md prints."""
+  return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def results_table(columns, rows) -> str:
+  """A markdown table as RESULTS.md sets it.
+
+  `columns` are header texts; one ending in ":" is right-aligned (the colon is
+  not printed). `rows` are sequences of cells already formatted as text.
+  """
+  header = [c[:-1] if c.endswith(":") else c for c in columns]
+  rules = ["---:" if c.endswith(":") else "---" for c in columns]
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rules) + "|"]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def print_report(command: str, tables: dict) -> None:
+  """Prints named tables between the markers that hold them in RESULTS.md.
+
+  `command` is how the tables are printed again (`experiments/mnist.py
+  --report`); tests/results_tables_test.py checks that every marked table in
+  the RESULTS files is what its command prints from the stored record.
+  """
+  for name, table in tables.items():
+    print(f"<!-- report: {command}: {name} -->\n{table}\n<!-- /report -->\n")
+
+
 def write_json(path, record) -> None:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,13 @@ split, and:
 Writes experiments/results/mnist.json, prints the markdown tables of
 experiments/RESULTS.md, and draws experiments/figures/mnist_*.png. About
 15 minutes on 2 CPU cores; `--limit N` caps the digits per pair for a quick run.
+`--report` prints the tables of the record at --out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -42,8 +44,12 @@ from common import hardware
 from common import load_runs
 from common import latent_and_pixel
 from common import markdown_table
+from common import percent
+from common import print_report
 from common import progression
 from common import progression_grid
+from common import results_table
+from common import signed
 from common import write_json
 
 PAIRS = ((4, 9), (8, 9), (1, 7), (9, 7), (5, 6), (0, 8), (3, 2))
@@ -65,14 +71,19 @@ def pixel_vs_latent_grid(path, originals, latent_cf, pixel_cf, labels):
                    title="latent vs pixel space\n(same classifier, p ≥ 0.5)")
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data-dir", required=True)
+  parser.add_argument("--data-dir", default="../shared/data")
   parser.add_argument("--runs", default="runs/mnist")
   parser.add_argument("--out", default="experiments/results/mnist.json")
   parser.add_argument("--explain-out", default="runs/experiments/mnist-4v9")
   parser.add_argument("--limit", type=int, default=0, help="digits per pair (0: all)")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    print_report("experiments/mnist.py --report", report_tables(json.loads(Path(args.out).read_text())))
+    return
 
   clock = Stopwatch()
   runs = Path(args.runs)
@@ -215,6 +226,69 @@ def main():
         "ci_high": psi[n]["ci"][1]} for n in summary["global_attributions"]["ranking"]],
       ["attribute", "psi", "ci_low", "ci_high"]))
   print("\nwall seconds:", clock.stages)
+  print_report("experiments/mnist.py --report", report_tables(record))
+
+
+def _steps(value) -> str:
+  return f"{value:g}"
+
+
+def _quality_cells(row: dict, latent_l2=True) -> list[str]:
+  cells = [percent(row["flip_rate"]), _steps(row["median_steps"]),
+           percent(row["oracle_agreement"]), f"{row['realism_ratio']:.3g}"]
+  if "realism_outliers" in row:
+    cells.append(percent(row["realism_outliers"]))
+  if latent_l2:
+    cells.append(f"{row['median_latent_l2']:.2f}" if "median_latent_l2" in row else "—")
+  return cells + [f"{row['median_pixel_l2']:.2f}"]
+
+
+def report_tables(record: dict) -> dict:
+  """The tables of experiments/RESULTS.md, "MNIST", from a record of this script."""
+  tables = {}
+  rows = []
+  for attack in ("latent", "pixel"):
+    row = compact(record["misclassified"][attack])
+    rows.append([attack, str(row["n"]), *_quality_cells(row),
+                 f"{row['median_pixel_l2_to_original']:.2f}"])
+  tables["misclassified"] = results_table(
+      ["attack", "n:", "flip rate:", "median steps:", "oracle agreement:", "realism ratio:",
+       "realism outliers:", "median latent L2:", "median pixel L2:", "to original:"], rows)
+  rows = []
+  for threshold in THRESHOLDS:
+    for attack in ("latent", "pixel"):
+      row = compact(record["pairs"][f"all pairs @ {threshold}"][attack])
+      rows.append([f"{threshold:g}", attack, str(row["n"]), *_quality_cells(row)])
+  tables["pairs pooled"] = results_table(
+      ["threshold:", "attack", "n:", "flip rate:", "median steps:", "oracle agreement:",
+       "realism ratio:", "realism outliers:", "median latent L2:", "median pixel L2:"], rows)
+  rows = []
+  for a, b in PAIRS:
+    runs = {t: {k: compact(v) for k, v in record["pairs"][f"{a}→{b} @ {t}"].items()}
+            for t in THRESHOLDS}
+    rows.append([f"{a}→{b}", str(runs[0.5]["latent"]["n"]),
+                 *(percent(runs[t][k]["oracle_agreement"], 2 if k == "pixel" else 1)
+                   for t in THRESHOLDS for k in ("latent", "pixel")),
+                 _steps(runs[0.9]["latent"]["median_steps"])])
+  tables["pairs"] = results_table(
+      ["pair", "n:", "latent @ 0.5:", "pixel @ 0.5:", "latent @ 0.9:", "pixel @ 0.9:",
+       "latent median steps @ 0.9:"], rows)
+  optimizers = {"ascent": f"plain ascent, η = {LATENT['step_size']:g}", "adam": "Adam, lr 0.05"}
+  tables["ablations"] = results_table(
+      ["objective", "optimizer", "flip rate:", "median steps:", "oracle agreement:",
+       "realism ratio:", "median latent L2:", "median pixel L2:"],
+      [[row["objective"], optimizers[row["optimizer"]],
+        *_quality_cells({k: v for k, v in row.items() if k != "realism_outliers"})]
+       for row in record["ablations_4_to_9"]])
+  explanation = record["global_4_vs_9"]
+  psi = explanation["global_attributions"]
+  tables["global 4 vs 9"] = results_table(
+      ["rank:", "attribute", "ψ:", "95% bootstrap interval", "probe AUC (held out):"],
+      [[str(rank), name, signed(psi["attributes"][name]["psi"]),
+        "[{}, {}]".format(*(signed(v) for v in psi["attributes"][name]["ci"])),
+        f"{explanation['probes'][name]['val_auc']:.2f}"]
+       for rank, name in enumerate(psi["ranking"], start=1)])
+  return tables
 
 
 if __name__ == "__main__":
