@@ -21,11 +21,13 @@ training). For each of Young, Attractive and Male it:
 Writes experiments/results/celeba.json, prints the markdown tables of
 experiments/RESULTS.md, and draws experiments/figures/celeba_*.png. About
 15 minutes on 2 CPU cores; `--limit N` caps the faces for a quick run.
+`--report` prints the tables of the record at --out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,11 @@ from common import compact
 from common import hardware
 from common import load_runs
 from common import markdown_table
+from common import percent
+from common import print_report
+from common import results_table
 from common import save_small
+from common import signed
 from common import split_half_overlap
 from common import write_json
 
@@ -96,9 +102,9 @@ def global_figure(path, psis):
   save_small(fig, path, dpi=110)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data-dir", required=True)
+  parser.add_argument("--data-dir", default="../shared/data")
   parser.add_argument("--runs", default="runs/celeba")
   parser.add_argument("--out", default="experiments/results/celeba.json")
   parser.add_argument("--limit", type=int, default=0, help="held-out faces (0: all)")
@@ -108,7 +114,12 @@ def main():
                       help="write no figures (for a side run that must not replace them)")
   parser.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)),
                       help="classifier confidences to stop at; 0.5 (which psi uses) must be one")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    print_report(report_command(args.out), report_tables(json.loads(Path(args.out).read_text())))
+    return
   thresholds = [float(t) for t in args.thresholds.split(",")]
   if LATENT["threshold"] not in thresholds:
     parser.error(f"--thresholds must include {LATENT['threshold']}, the one psi uses")
@@ -215,6 +226,70 @@ def main():
   print("left out of the probes:", excluded)
   print("probe mean AUC on the held-out faces:", record["probes"]["mean_auc"])
   print("wall seconds:", clock.stages)
+  print_report(report_command(args.out), report_tables(record))
+
+
+def report_command(out: str) -> str:
+  default = "experiments/results/celeba.json"
+  return "experiments/celeba.py --report" + ("" if out == default else f" --out {out}")
+
+
+def report_tables(record: dict) -> dict:
+  """The tables of experiments/RESULTS.md, "CelebA", from a record of this script."""
+  tables = {}
+  rows = []
+  for name in HEADS:
+    part = record[name]
+    before = percent(part["oracle_agreement_on_originals"])
+    for attack in ("latent", "pixel"):
+      run = part[f"threshold {LATENT['threshold']}"][attack]
+      row, steps = compact(run), run["validity"]["steps"]
+      latent = attack == "latent"
+      rows.append([
+          name, attack, str(row["n"]), percent(row["flip_rate"]),
+          f"{steps['median']:g} ({steps['p90']:g}, {steps['max']:g})",
+          percent(part["zero_step_fraction"]) if latent else "—",
+          percent(row["oracle_agreement"]),
+          f"{before} / {percent(part['oracle_agreement_on_starts']) if latent else '—'}",
+          f"{row['realism_ratio']:.3f}",
+          f"{row['median_latent_l2']:.2f}" if latent else "—",
+          f"{row['median_pixel_l2']:.2f}", f"{row['median_pixel_l2_to_original']:.2f}"])
+  tables[f"quality at {LATENT['threshold']:g}"] = results_table(
+      ["classifier", "attack", "n:", "flip rate:", "median steps (p90, max)", "zero steps:",
+       "oracle agreement:", "oracle agreement before the attack (on x / on G(z))",
+       "realism ratio:", "median latent L2:", "median pixel L2:", "to original:"], rows)
+  rows = []
+  for name in HEADS:
+    for threshold in record["thresholds"]:
+      cells = [name, f"{threshold:g}"]
+      for attack in ("latent", "pixel"):
+        run = record[name][f"threshold {threshold}"][attack]
+        steps = run["validity"]["steps"]
+        cells += [percent(run["oracle"]["agreement"]), f"{steps['median']:g} ({steps['max']:g})",
+                  f"{run['proximity']['pixel_l2']['median']:.2f}"]
+      rows.append(cells)
+  tables["thresholds"] = results_table(
+      ["classifier", "threshold:", "latent: oracle agreement:", "median steps (max)",
+       "median pixel L2:", "pixel: oracle agreement:", "median steps (max)",
+       "median pixel L2:"], rows)
+  rows = []
+  for rank in range(TOP):
+    cells = [str(rank + 1)]
+    for name in HEADS:
+      psi = record[name]["global_attributions"]
+      attribute = psi["ranking"][rank]
+      value = psi["attributes"][attribute]
+      cells += [attribute, "{} [{}, {}]".format(*map(signed, [value["psi"], *value["ci"]]))]
+    rows.append(cells)
+  tables["top 5"] = results_table(
+      ["rank:"] + [c for name in HEADS for c in (name, "ψ [95% CI]")], rows)
+  tables["stability"] = results_table(
+      ["classifier", "top-5 overlap, mean:", "minimum:", "identical top-5 sets:",
+       "Spearman ρ of \\|ψ\\| between halves:"],
+      [[name, f"{half['top5_overlap_mean']:.2f}", f"{half['top5_overlap_min']:.2f}",
+        percent(half["top5_identical_fraction"]), f"{half['rank_correlation_mean']:.3f}"]
+       for name in HEADS for half in [record[name]["split_half"]]])
+  return tables
 
 
 if __name__ == "__main__":
