@@ -14,12 +14,15 @@ stops at each threshold in turn, then reports the flip rate, the steps, and
 how often an oracle (another architecture and seed, trained on other
 images) assigns the counterfactual to its target. The digits models are
 trained here by the preset's recipe, as `cfajax explain` trains them.
-Writes experiments/results/thresholds.json and prints a markdown table.
+Writes experiments/results/thresholds.json and prints the markdown table of
+experiments/RESULTS.md; `--report` prints it from the record at --out,
+running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,9 @@ from cfajax import metrics
 from common import apply
 from common import hardware
 from common import markdown_table
+from common import percent
+from common import print_report
+from common import results_table
 from common import write_json
 
 OPTIONS = {"step_size": 0.1, "max_steps": 500, "objective": "logit"}
@@ -78,7 +84,7 @@ def sweep(models, images, thresholds):
   return rows
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data-dir", default="", help="MNIST's folder (empty: digits only)")
   parser.add_argument("--runs", default="runs/mnist", help="the MNIST vae, classifier, oracle")
@@ -86,7 +92,13 @@ def main():
   parser.add_argument("--limit", type=int, default=2000, help="MNIST test digits considered")
   parser.add_argument("--thresholds", default="0.5,0.7,0.8,0.9,0.95")
   parser.add_argument("--out", default="experiments/results/thresholds.json")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    print_report("experiments/thresholds.py --report",
+                 report_tables(json.loads(Path(args.out).read_text())))
+    return
   thresholds = [float(t) for t in args.thresholds.split(",")]
 
   record = {"hardware": hardware(), "options": OPTIONS, "decisions": {}}
@@ -100,6 +112,19 @@ def main():
   rows = [{"decision": name, **row} for name, rows in record["decisions"].items()
           for row in rows]
   print(markdown_table(rows, list(rows[0])))
+  print_report("experiments/thresholds.py --report", report_tables(record))
+
+
+def report_tables(record: dict) -> dict:
+  """The table of experiments/RESULTS.md, "Stopping threshold", from a record of this script."""
+  short = {"digits 4 vs 9 (quick start)": "digits", "MNIST 4 vs 9": "MNIST"}
+  rows = [[short.get(name, name), f"{row['threshold']:g}", str(row["n"]),
+           percent(row["flip rate"]), f"{row['median steps']:g} ({row['p90 steps']:g})",
+           percent(row["oracle agreement"]), f"{row['median pixel L2 from G(z)']:.2f}"]
+          for name, rows in record["decisions"].items() for row in rows]
+  return {"thresholds": results_table(
+      ["data", "threshold:", "n:", "flip rate:", "median steps (p90)", "oracle agreement:",
+       "pixel L2 from G(z):"], rows)}
 
 
 if __name__ == "__main__":
