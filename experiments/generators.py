@@ -32,12 +32,14 @@ the images both kept:
 
 Writes experiments/results/generators_<dataset>.json, prints the markdown
 tables of experiments/RESULTS.md, and draws
-experiments/figures/generators_<dataset>.png.
+experiments/figures/generators_<dataset>.png. `--report` prints the tables
+of the record at --out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +54,14 @@ from common import FIGURES
 from common import Stopwatch
 from common import apply
 from common import hardware
-from common import markdown_table
 from common import oracle_features
+from common import percent
+from common import print_report
 from common import progression_grid
 from common import psi_agreement
 from common import quantize_png
+from common import results_table
+from common import signed
 from common import split_half_overlap
 from common import write_json
 
@@ -153,11 +158,12 @@ def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
   return out
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", choices=("mnist", "celeba"), required=True)
-  parser.add_argument("--data-dir", required=True)
-  parser.add_argument("--runs", required=True, help="folder with vae, gan, classifier, oracle")
+  parser.add_argument("--data-dir", default="../shared/data")
+  parser.add_argument("--runs", default=None,
+                      help="folder with vae, gan, classifier, oracle (default: runs/<dataset>)")
   parser.add_argument("--work", default="runs/generators", help="the explain runs' folders")
   parser.add_argument("--out", default="")
   parser.add_argument("--limit", type=int, default=0, help="images to explain (0: all)")
@@ -168,9 +174,17 @@ def main():
   parser.add_argument("--starts", type=int, default=2, help="inversion starts per image")
   parser.add_argument("--inversion-steps", type=int, default=300)
   parser.add_argument("--thresholds", default="0.5,0.9")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  args.runs = args.runs or f"runs/{args.dataset}"
   thresholds = [float(t) for t in args.thresholds.split(",")]
   out = Path(args.out or f"experiments/results/generators_{args.dataset}.json")
+  command = f"experiments/generators.py --dataset {args.dataset} --report" + (
+      f" --out {args.out}" if args.out else "")
+  if args.report:
+    print_report(command, report_tables(json.loads(out.read_text()), args.dataset))
+    return
 
   clock = Stopwatch()
   generators = {g: cfajax.load_model(Path(args.runs) / g) for g in GENERATORS}
@@ -252,54 +266,80 @@ def main():
       quantize_png(FIGURES / f"generators_{args.dataset}{suffix}.png")
   record["wall_seconds"] = clock.stages
   write_json(out, record)
-  report(record)
+  print_report(command, report_tables(record, args.dataset))
 
 
-def report(record):
+def _three(value: float) -> str:
+  """Three significant figures: 20.0, 93.4, 111, 2.31."""
+  return f"{value:#.3g}".rstrip(".")
+
+
+def _each(values, text) -> str:
+  """One value when every decision has the same, else each decision's, "a / b / c"."""
+  values = list(values)
+  if all(v == values[0] for v in values):
+    values = values[:1]
+  return " / ".join(text(v) for v in values)
+
+
+def report_tables(record: dict, dataset: str) -> dict:
+  """The tables of experiments/RESULTS.md, "VAE against GAN", from a record of this script."""
+  entries = record["decisions"]
+  several = len(entries) > 1
+  per_decision = f" ({' / '.join(entries)})" if several else ""
+  n = _each((e["explained"] for e in entries.values()), str)
+  tables = {}
   rows = []
-  for name, entry in record["decisions"].items():
+  for name, entry in entries.items():
     for g in GENERATORS:
-      r = entry[g]
       for t in record["thresholds"]:
-        m = r[f"t{t}"]
-        rows.append({"decision": name, "generator": g.upper(), "threshold": t,
-                     "n": entry["explained"], "flip rate": m["flip_rate"],
-                     "median steps": m["median_steps"], "p90 steps": m["p90_steps"],
-                     "oracle agreement": m["oracle_agreement"],
-                     "pixel L2 from G(z)": m["median_pixel_l2_from_start"],
-                     "pixel L2 from x": m["median_pixel_l2_from_x"],
-                     "Fréchet (oracle features)": r["frechet"][f"x' at {t}"]})
-  print(markdown_table(rows, list(rows[0])))
+        m = entry[g][f"t{t}"]
+        rows.append([name] * several + [
+            g.upper(), f"{t:g}", percent(m["flip_rate"]),
+            f"{m['median_steps']:g} ({m['p90_steps']:g})", percent(m["oracle_agreement"]),
+            _three(m["median_pixel_l2_from_start"]), _three(m["median_pixel_l2_from_x"]),
+            _three(entry[g]["frechet"][f"x' at {t}"])])
+  tables["counterfactuals"] = results_table(
+      ["decision"] * several + ["generator", "threshold:", "flip rate:", "median steps (p90)",
+                                "oracle agreement:", "pixel L2 from G(z):", "pixel L2 from x:",
+                                "Fréchet of x′:"], rows)
+  real = "test digits" if dataset == "mnist" else "held-out faces"
+  values = list(entries.values())
+  rows = [[f"real {real} x (the floor)", _each((e["frechet_real_floor"] for e in values), _three),
+           "—", "—", "—"],
+          [f"pixel-attack counterfactuals (threshold {PIXEL['threshold']:g}"
+           + (f"; {' / '.join(entries)})" if several else ")"),
+           " / ".join(_three(e["pixel"]["frechet"]) for e in values), "—", "—", "—"]]
+  for g, label in (("vae", "VAE G(E(x))"), ("gan", "GAN G(z\\*) (inverted)")):
+    rows.append([label, _each((e[g]["frechet"]["G(z)"] for e in values), _three),
+                 _each((e[g]["reconstruction_mse_median"] for e in values), lambda v: f"{v:.4f}"),
+                 " / ".join(percent(e[g]["reconstruction_agreement"]) for e in values),
+                 _each((e[g]["probes_mean_auc"] for e in values), lambda v: f"{v:.3f}")])
+  tables["images"] = results_table(
+      [f"images ({n} each)", "Fréchet:", "reproduction of x: median MSE / pixel:",
+       f"classifier decides G(z) as x{per_decision}", "probe AUC (held out):"], rows)
   rows = []
-  for name, entry in record["decisions"].items():
-    rows.append({"decision": name, "set": "real x (floor)", "Fréchet": entry["frechet_real_floor"]})
-    rows.append({"decision": name, "set": "pixel attack x'", "Fréchet": entry["pixel"]["frechet"],
-                 "oracle agreement": entry["pixel"]["oracle_agreement"]})
+  for name, entry in entries.items():
     for g in GENERATORS:
-      r = entry[g]
-      inversion = r["inversion"] or {}
-      rows.append({"decision": name, "set": f"{g.upper()} G(z)", "Fréchet": r["frechet"]["G(z)"],
-                   "reconstruction MSE": r["reconstruction_mse_median"],
-                   "classifier agrees on G(z)": r["reconstruction_agreement"],
-                   "left out": inversion.get("left_out", 0),
-                   "probe AUC": r["probes_mean_auc"]})
-  print()
-  print(markdown_table(rows, ["decision", "set", "Fréchet", "oracle agreement",
-                              "reconstruction MSE", "classifier agrees on G(z)", "left out",
-                              "probe AUC"]))
-  print()
-  for name, entry in record["decisions"].items():
-    for g in GENERATORS:
-      r = entry[g]
-      top = ", ".join(f"{t['attribute']} {t['psi']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]"
-                      for t in r["top5"])
-      s = r["split_half"]
-      print(f"- {name}, {g.upper()}: {top}; split-half top-5 overlap "
-            f"{s['top5_overlap_mean']:.2f} (min {s['top5_overlap_min']:.1f}), rank r "
-            f"{s['rank_correlation_mean']:.2f}")
-    a = entry["vae_vs_gan"]
-    print(f"- {name}, VAE against GAN: {a['top_shared']} of the top 5 shared, rank r "
-          f"{a['rank_correlation']:.2f}, correlation of psi {a['signed_correlation']:.2f}")
+      top = entry[g]["top5"]
+      first = "{} {} [{}, {}]".format(top[0]["attribute"], *map(signed, [top[0]["psi"],
+                                                                         *top[0]["ci"]]))
+      rest = [f"{t['attribute']} {signed(t['psi'])}" for t in top[1:]]
+      half = entry[g]["split_half"]
+      rows.append([name] * several + [
+          g.upper(), ", ".join([first, *rest]),
+          f"{half['top5_overlap_mean']:.2f} ({half['top5_overlap_min']:.1f})",
+          f"{half['rank_correlation_mean']:.2f}"])
+  tables["top 5"] = results_table(
+      ["decision"] * several + ["generator", "top 5", "top-5 overlap between halves (min):",
+                                "Spearman ρ of \\|ψ\\| between halves:"], rows)
+  if all("vae_vs_gan" in e for e in values):
+    tables["VAE against GAN"] = results_table(
+        ["decision", "VAE and GAN: top 5 shared:", "Spearman ρ of \\|ψ\\|:", "correlation of ψ:"],
+        [[name, str(a["top_shared"]), f"{a['rank_correlation']:.2f}",
+          f"{a['signed_correlation']:.2f}"]
+         for name, entry in entries.items() for a in [entry["vae_vs_gan"]]])
+  return tables
 
 
 if __name__ == "__main__":
