@@ -74,9 +74,13 @@ from common import apply
 from common import hardware
 from common import markdown_table
 from common import oracle_features
+from common import percent
+from common import print_report
 from common import psi_agreement
+from common import results_table
 from common import save_figure
 from common import save_small
+from common import signed
 from common import write_json
 
 PAIRS = ((4, 9), (8, 9), (1, 7), (9, 7), (5, 6), (0, 8), (3, 2))
@@ -380,7 +384,7 @@ def tuning_path(args) -> Path:
   return Path(args.out).with_name(name)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", choices=("mnist", "celeba"), default="mnist")
   parser.add_argument("--data-dir", default="../shared/data")
@@ -395,11 +399,13 @@ def main():
                       help="default: experiments/results/data_free_<dataset>.json")
   parser.add_argument("--report", action="store_true",
                       help="print the tables of the record at --out, running nothing")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   args.runs = args.runs or f"runs/{args.dataset}"
+  command = f"experiments/data_free.py --dataset {args.dataset} --report" + (
+      f" --out {args.out}" if args.out else "")
   args.out = args.out or f"experiments/results/data_free_{args.dataset}.json"
   if args.report:
-    report(json.loads(Path(args.out).read_text()))
+    report(json.loads(Path(args.out).read_text()), command)
     return
   clock = Stopwatch()
   record = {"hardware": hardware(), "dataset": args.dataset}
@@ -413,7 +419,7 @@ def main():
     return
   record["stages_s"] = clock.stages
   write_json(args.out, record)
-  report(record)
+  report(record, command)
 
 
 def draw(x, images, reached, picks, labels, title, name):
@@ -442,28 +448,17 @@ def draw(x, images, reached, picks, labels, title, name):
     save_figure(fig, name)
 
 
-def report(record):
-  columns = ["threshold", "variant", "flip_rate", "median_steps", "oracle_agreement",
-             "median_l1", "median_l2", "frechet", "duq_target_certainty", "per_second"]
+def report(record, command):
+  """Prints the tables of experiments/RESULTS.md, then the numbers its prose quotes."""
+  print_report(command, report_tables(record))
   parts = record["decisions"] if record["dataset"] == "celeba" else {"MNIST": record}
   for title, part in parts.items():
-    print(f"\n## {title}\n")
-    print(markdown_table(part["ablation"], columns))
-    print(f"\nreal images' Fréchet floor: {part['real_frechet_floor']:.1f}; DUQ's certainty "
-          f"of the target at the queries: {part['duq_target_certainty_of_queries']:.3f}")
+    print(f"{title}: real images' Fréchet floor {part['real_frechet_floor']:.1f}; DUQ's "
+          f"certainty of the target at the queries {part['duq_target_certainty_of_queries']:.3f}")
     if "oracle_agreement_on_queries" in part:
-      print(f"the oracle's agreement with the target on the queries themselves: "
+      print(f"{title}: the oracle's agreement with the target on the queries themselves "
             f"{part['oracle_agreement_on_queries']:.3f}")
-    print(markdown_table(part["groups"], ["group", "variant", "flip_rate", "oracle_agreement",
-                                          "confirmed"]))
     for decision, by_attack in part["attributions"].items():
-      for name, psi in by_attack.items():
-        if psi is None:
-          print(f"{decision}, {name}: no counterfactual reached the target")
-          continue
-        top = [(a, round(psi["attributes"][a]["psi"], 3),
-                [round(v, 3) for v in psi["attributes"][a]["ci"]]) for a in psi["ranking"][:5]]
-        print(f"{decision}, {name} (n = {psi['num_used']}):", top)
       latent = by_attack["latent attack (VAE)"]
       for name in ("DISC (all three)", "plain deep inversion"):
         if by_attack[name] is not None and latent is not None:
@@ -471,6 +466,82 @@ def report(record):
                     for p in (by_attack[name], latent)]
           print(f"{decision}, psi of {name} against the latent attack's:", psi_agreement(*values))
   print(record["stages_s"])
+
+
+def _top(psi, count: int) -> str:
+  """`count` attributes of largest |psi|, each with its 95% bootstrap interval."""
+  if psi is None:
+    return "no counterfactual reached the target"
+  cells = []
+  for name in psi["ranking"][:count]:
+    value = psi["attributes"][name]
+    cells.append("{} {} [{}, {}]".format(name, *(signed(v, 2) for v in [value["psi"],
+                                                                         *value["ci"]])))
+  return ", ".join(cells)
+
+
+def report_tables(record) -> dict:
+  """The tables of experiments/RESULTS.md, "Counterfactuals without a generator"."""
+  if record["dataset"] == "celeba":
+    return _celeba_tables(record)
+  tables = {"ablation": results_table(
+      ["threshold:", "attack", "flip rate:", "median steps:", "oracle agreement:",
+       "median L1 / L2 from x", "Fréchet:", "DUQ certainty of target:"],
+      [[f"{row['threshold']:g}", row["variant"], percent(row["flip_rate"]),
+        f"{row['median_steps']:g}", percent(row["oracle_agreement"]),
+        f"{row['median_l1']:.3f} / {row['median_l2']:.2f}", f"{row['frechet']:.0f}",
+        f"{row['duq_target_certainty']:.2f}"] for row in record["ablation"]])}
+  shown = ("plain deep inversion", "DISC (all three)", "latent attack (VAE)")
+  cells = {(g["group"], g["variant"]): g for g in record["groups"]}
+  groups = list(dict.fromkeys(g["group"] for g in record["groups"]))
+  tables["pairs"] = results_table(
+      ["pair"] + [f"{variant}: flip / confirmed" for variant in shown],
+      [[group] + [f"{percent(cells[group, v]['flip_rate'])} / "
+                  f"{percent(cells[group, v]['confirmed'])}" for v in shown]
+       for group in groups])
+  tables["attributions"] = results_table(
+      ["decision", "attack", "top 5 (ψ, 95% bootstrap interval)"],
+      [[decision, name, _top(psi, 5)]
+       for decision, by_attack in record["attributions"].items()
+       for name, psi in by_attack.items()])
+  return tables
+
+
+def _celeba_tables(record) -> dict:
+  parts = record["decisions"]
+  heads = " / ".join(parts)
+  tables = {}
+  for threshold in (0.9, 0.5):
+    rows = {}
+    for part in parts.values():
+      for row in part["ablation"]:
+        if row["threshold"] == threshold:
+          rows.setdefault(row["variant"], []).append(row)
+    tables[f"ablation at {threshold:g}"] = results_table(
+        ["threshold", "attack", f"oracle agreement: {heads}", f"Fréchet: {heads}",
+         "median steps", "median L1 from x", "DUQ certainty of target", "counterfactuals/s"],
+        [[f"{threshold:g}", variant,
+          " / ".join(percent(r["oracle_agreement"], 0) for r in by_head),
+          " / ".join(f"{r['frechet']:.0f}" for r in by_head),
+          " / ".join(f"{r['median_steps']:g}" for r in by_head),
+          " / ".join(f"{r['median_l1']:.3f}" for r in by_head),
+          " / ".join(f"{r['duq_target_certainty']:.2f}" for r in by_head),
+          " / ".join(f"{r['per_second']:.1f}" for r in by_head)]
+         for variant, by_head in rows.items()])
+  shown = ("plain deep inversion", "DISC (all three)", "latent attack (VAE)")
+  rows = []
+  for part in parts.values():
+    cells = {(g["group"], g["variant"]): g for g in part["groups"]}
+    for group in dict.fromkeys(g["group"] for g in part["groups"]):
+      rows.append([group] + [percent(cells[group, v]["confirmed"]) for v in shown])
+  tables["directions"] = results_table(["direction"] + [f"{v}:" for v in shown], rows)
+  tables["attributions"] = results_table(
+      ["decision", "attack", "top 3 (ψ, 95% bootstrap interval)"],
+      [[decision, name, _top(psi, 3)]
+       for part in parts.values()
+       for decision, by_attack in part["attributions"].items()
+       for name, psi in by_attack.items()])
+  return tables
 
 
 if __name__ == "__main__":
