@@ -23,13 +23,18 @@ Every map is smoothed by a Gaussian of 1 pixel; its mask is its largest 1.5%
 of pixels (12 of 784, about a crack's size; the same rule for every method).
 Scores: IoU with the crack's mask and the pointing game (the map's peak on the
 crack), averaged per seed; the table gives the mean over seeds with a 95%
-t-interval (3 seeds, t = 4.30). Writes experiments/results/saliency_mnist.json
-and experiments/figures/saliency_mnist.png. About 12 minutes on 2 CPU cores.
+t-interval (3 seeds, t = 4.30), and the paired differences between methods
+(the same seeds, data and queries) with theirs. Writes
+experiments/results/saliency_mnist.json and experiments/figures/saliency_mnist.png.
+About 12 minutes on 2 CPU cores. `--report` prints the tables of the record at
+--out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +49,8 @@ from common import apply
 from common import hardware
 from common import interval
 from common import markdown_table
+from common import print_report
+from common import results_table
 from common import save_figure
 from common import show_map
 from common import write_json
@@ -102,12 +109,18 @@ def one_seed(seed, train, test, count):
   return record, (x[:6], masks[:6], {k: v[:6] for k, v in maps.items()})
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data-dir", default="../shared/data")
   parser.add_argument("--count", type=int, default=300)
   parser.add_argument("--out", default="experiments/results/saliency_mnist.json")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    print_report("experiments/saliency.py --report",
+                 report_tables(json.loads(Path(args.out).read_text())))
+    return
   train = cfajax.load_mnist(args.data_dir, "train").subset(slice(0, 20000))
   test = cfajax.load_mnist(args.data_dir, "test").subset(slice(0, 2000))
   record = {"hardware": hardware(), "sigma": SIGMA, "mask_fraction": FRACTION, "seeds": []}
@@ -128,7 +141,41 @@ def main():
   record["table"] = table
   write_json(args.out, record)
   print(markdown_table(table, ["method", "iou", "iou_per_seed", "pointing", "pointing_per_seed"]))
+  print_report("experiments/saliency.py --report", report_tables(record))
   draw(*example)
+
+
+LABELS = {"latent attack": "latent attack, \\|G(z′) − G(z)\\|",
+          "pixel attack": "pixel attack, \\|x′ − x\\|", "gradient": "gradient",
+          "integrated gradients": "integrated gradients (black baseline, 32 steps)"}
+PAIRED = (("pixel attack", "gradient"), ("integrated gradients", "pixel attack"),
+          ("integrated gradients", "gradient"))
+
+
+def score_cells(per_seed, as_percent: bool, sign: str = "") -> list[str]:
+  """"mean ± half-width" of the 95% t-interval, and the per-seed values."""
+  scale, unit, digits = (100, "%", 1) if as_percent else (1, "", 3)
+  mean, half = interval(per_seed)
+  return [f"{scale * mean:{sign}.{digits}f}{unit} ± {scale * half:.{digits}f}{unit}",
+          ", ".join(f"{scale * v:{sign}.{digits}f}" for v in per_seed) + unit]
+
+
+def report_tables(record: dict) -> dict:
+  """The tables of experiments/RESULTS.md, "Saliency from counterfactuals"."""
+  seeds = record["seeds"]
+  def per_seed(method, score):
+    return [s["scores"][method][score] for s in seeds]
+  maps = results_table(
+      ["map", "IoU with the crack", "per seed", "pointing game", "per seed"],
+      [[LABELS[m], *score_cells(per_seed(m, "iou"), False),
+        *score_cells(per_seed(m, "pointing"), True)] for m in METHODS])
+  paired = results_table(
+      ["difference", "IoU", "per seed", "pointing game", "per seed"],
+      [[f"{a} − {b}",
+        *score_cells(np.subtract(per_seed(a, "iou"), per_seed(b, "iou")), False, "+"),
+        *score_cells(np.subtract(per_seed(a, "pointing"), per_seed(b, "pointing")), True, "+")]
+       for a, b in PAIRED])
+  return {"maps": maps, "paired differences": paired}
 
 
 def draw(x, masks, maps):
