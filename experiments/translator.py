@@ -30,12 +30,14 @@ Means over seeds with 95% t-intervals. Seed 0's classifier and translator,
 and its queries with their masks, are saved under runs/cracks/ for a look.
 Writes experiments/results/translator_mnist.json and
 experiments/figures/translator_mnist.png. About 25 minutes on 2 CPU cores
-(7 minutes of it per seed training the translator).
+(7 minutes of it per seed training the translator). `--report` prints the
+tables of the record at --out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import jax
@@ -54,6 +56,8 @@ from common import apply
 from common import hardware
 from common import interval
 from common import markdown_table
+from common import print_report
+from common import results_table
 from common import save_figure
 from common import show_map
 from common import write_json
@@ -150,14 +154,20 @@ def one_seed(seed, train, test, count, out_of_distribution, runs):
   return record, (x[:6], masks[:6], translated[:6], maps[:6])
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data-dir", default="../shared/data")
   parser.add_argument("--count", type=int, default=300)
   parser.add_argument("--runs", default="runs/cracks",
                       help="where seed 0's models go ('' for nowhere)")
   parser.add_argument("--out", default="experiments/results/translator_mnist.json")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    print_report("experiments/translator.py --report",
+                 report_tables(json.loads(Path(args.out).read_text())))
+    return
   train = cfajax.load_mnist(args.data_dir, "train").subset(slice(0, 20000))
   test = cfajax.load_mnist(args.data_dir, "test").subset(slice(0, 2000))
   out_of_distribution = {"uniform noise": np.random.default_rng(0).random(
@@ -193,7 +203,47 @@ def main():
   write_json(args.out, record)
   print(markdown_table(summary, ["measure", "mean ± 95%", "per seed"]))
   print(markdown_table(detection, ["detect", "fakeness", "critic softmax", "classifier softmax"]))
+  print_report("experiments/translator.py --report", report_tables(record))
   draw(*example)
+
+
+MEASURES = (("iou", "IoU with the crack", False),
+            ("pointing", "pointing game", True),
+            ("flip_rate_by_classifier", "translations the classifier calls clean", True),
+            ("flip_rate_by_critic", "translations the critic calls clean", True),
+            ("critic_test_accuracy", "critic's test accuracy (real digits, 2 classes)", True),
+            ("classifier_test_accuracy", "the classifier's test accuracy", True),
+            ("mean_abs_change", "mean \\|x′ − x\\| per pixel", False))
+FLAGS = (("misclassified by the critic", "the critic's errors"),
+         ("uniform noise", "uniform noise"), ("CelebA faces", "CelebA faces"))
+
+
+def report_tables(record: dict) -> dict:
+  """The tables of experiments/RESULTS.md, "The translator", from a record of this script."""
+  seeds = record["seeds"]
+  rows = []
+  for key, label, as_percent in MEASURES:
+    values = [s[key] for s in seeds]
+    mean, half = interval(values)
+    if as_percent:
+      rows.append([label, f"{100 * mean:.1f}% ± {100 * half:.1f}%",
+                   ", ".join(f"{100 * v:.1f}" for v in values) + "%"])
+    else:
+      rows.append([label, f"{mean:.3f} ± {half:.3f}", ", ".join(f"{v:.3f}" for v in values)])
+  tables = {"translations": results_table(["measure", "mean ± 95%", "per seed"], rows)}
+  rows = []
+  for task, label in FLAGS:
+    if task not in seeds[0]["detection_auroc"]:
+      continue
+    cells = [label]
+    for score in ("fakeness", "critic softmax", "classifier softmax"):
+      values = [s["detection_auroc"][task].get(score) for s in seeds]
+      cells.append("—" if None in values else "{:.3f} ± {:.3f}".format(*interval(values)))
+    rows.append(cells + [", ".join(f"{s['detection_auroc'][task]['fakeness']:.3f}"
+                                   for s in seeds)])
+  tables["fakeness"] = results_table(
+      ["flag", "fakeness", "critic softmax", "classifier softmax", "per seed (fakeness)"], rows)
+  return tables
 
 
 def draw(x, masks, translated, maps):
