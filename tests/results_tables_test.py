@@ -16,6 +16,7 @@ import importlib.util
 import io
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def run_report(command: str, monkeypatch) -> str:
   monkeypatch.syspath_prepend(str(path.parent))
   spec = importlib.util.spec_from_file_location(f"report_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
   spec.loader.exec_module(module)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
