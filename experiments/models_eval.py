@@ -11,7 +11,10 @@ Reads <runs>/vae, <runs>/classifier and <runs>/oracle (those present), evaluates
 them on the same held-out set the training command used (MNIST: the official
 test split; CelebA: the last 1,000 of the 10,000 shared faces), and writes
 experiments/figures/<dataset>_reconstructions.png (originals above their
-reconstructions) and prints one JSON record. Takes about a minute on 2 CPU cores.
+reconstructions) and prints one JSON record (stored as
+experiments/results/models_<dataset>.json). Takes about a minute on 2 CPU cores.
+`--report` prints the table of experiments/RESULTS.md, "Models", from the
+stored MNIST and CelebA records, running nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import numpy as np
 from PIL import Image
 
 import cfajax
+
+from common import print_report
+from common import results_table
 
 
 def held_out(dataset: str, data_dir, holdout: int = 1000) -> cfajax.ImageDataset:
@@ -55,13 +61,27 @@ def save_grid(path: Path, originals: np.ndarray, reconstructions: np.ndarray, sc
   image.save(path, optimize=True)
 
 
-def main():
+RECORDS = Path("experiments/results")
+DATASETS = {"mnist": "MNIST", "celeba": "CelebA", "digits": "digits"}
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--dataset", choices=("mnist", "celeba", "digits"), required=True)
+  parser.add_argument("--dataset", choices=("mnist", "celeba", "digits"))
   parser.add_argument("--data-dir")
-  parser.add_argument("--runs", required=True)
+  parser.add_argument("--runs")
   parser.add_argument("--figures", default="experiments/figures")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the stored records, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    records = {d: json.loads((RECORDS / f"models_{d}.json").read_text())
+               for d in ("mnist", "celeba") if (RECORDS / f"models_{d}.json").is_file()}
+    print_report("experiments/models_eval.py --report",
+                 {"reconstructions": reconstruction_table(records)})
+    return
+  if args.dataset is None or args.runs is None:
+    parser.error("--dataset and --runs are required, unless --report")
 
   runs = Path(args.runs)
   test = held_out(args.dataset, args.data_dir)
@@ -90,6 +110,28 @@ def main():
     record[name] = entry
   record["seconds"] = round(time.perf_counter() - start, 1)
   print(json.dumps(record, indent=2))
+
+
+def reconstruction_table(records: dict) -> str:
+  """Each classifier's held-out accuracy on the images and on the VAE's reconstructions.
+
+  One row per output of a multi-output classifier (CelebA's heads); two
+  decimals of a percent for 10,000 images, one for fewer.
+  """
+  rows = []
+  for dataset, record in records.items():
+    digits = 2 if record["n"] >= 10000 else 1
+    for name in ("classifier", "oracle"):
+      if name not in record:
+        continue
+      originals, reconstructions = (record[name][k] for k in ("originals", "reconstructions"))
+      heads = [k.split("/", 1)[1] for k in originals if k.startswith("accuracy/")]
+      for head in heads or [None]:
+        key = f"accuracy/{head}" if head else "accuracy"
+        rows.append([f"{DATASETS[dataset]} {name}" + (f", {head}" if head else ""),
+                     f"{100 * originals[key]:.{digits}f}%",
+                     f"{100 * reconstructions[key]:.{digits}f}%"])
+  return results_table(["classifier", "on originals:", "on reconstructions:"], rows)
 
 
 if __name__ == "__main__":
