@@ -27,12 +27,15 @@ which the output says), the static and continuous schedules: counterfactuals
 per second, useful-step fraction, and bf16's agreement with float32 on the
 stop decision. PyTorch peers run in the same process when torch is installed
 (`pip install -e ".[bench]"`); otherwise the output says they were skipped.
+`--report --out RECORD` prints the tables of benchmarks/RESULTS.md from a
+record, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -289,7 +292,17 @@ def main(argv=None):
                       help="timed runs after the first, for the fixed-step rows; the median "
                            "is reported (the schedule rows take max(1, repeats - 1))")
   parser.add_argument("--out", default=None)
+  parser.add_argument("--report", action="store_true",
+                      help="print the tables of the record at --out, running nothing")
   args = parser.parse_args(argv)
+  if args.report:
+    if not args.out:
+      parser.error("--report reads the record named by --out")
+    command = f"benchmarks/attack_throughput.py --report --out {args.out}"
+    with open(args.out) as f:
+      for name, table in report_tables(json.load(f)).items():
+        print(f"<!-- report: {command}: {name} -->\n{table}\n<!-- /report -->\n")
+    return
 
   device = timing.device_description()
   print(f"device: {device['device']} x{device['device_count']} ({device['backend']}), "
@@ -371,6 +384,48 @@ def main(argv=None):
         "torch_setup": torch_setup, "peer_ratios": ratios,
         "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")})
     print(f"wrote {args.out}")
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> str:
+  """A markdown table; a column whose name ends in ":" is right-aligned."""
+  header = [c.rstrip(":") for c in columns]
+  rules = ["---:" if c.endswith(":") else "---" for c in columns]
+  return "\n".join(["| " + " | ".join(header) + " |", "| " + " | ".join(rules) + " |"]
+                   + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def report_tables(record: dict) -> dict[str, str]:
+  """The tables of benchmarks/RESULTS.md ("CPU") from a record of this script."""
+  loop_repeats = max(1, record["repeats"] - 1)
+  rows = []
+  for r in record["throughput"]:
+    compiles = r["impl"] in ("cfajax", "torch-compile")
+    spread = (f"({loop_repeats} repeat{'s' * (loop_repeats > 1)})"
+              if r["impl"] == "torch-loop-adam" and loop_repeats == 1 else f"{100 * r['spread']:.1f}%")
+    rows.append([r["impl"], r["precision"], str(r["batch"]), f"{r['latent_steps_per_s']:.0f}",
+                 f"{r['compile_s']:.1f}" if compiles else "-", spread])
+  tables = {"fixed steps": _table(
+      ["impl", "precision", "batch:", "latent-steps/s:", "compile (s):", "spread:"], rows)}
+  ratios = sorted(record["peer_ratios"], key=lambda r: (r["precision"] != "float32", r["batch"]))
+  tables["peers"] = _table(
+      ["precision", "batch:", "cfajax:", "best PyTorch", "cfajax / best PyTorch:",
+       "cfajax / torch-loop-adam:"],
+      [[r["precision"], str(r["batch"]), f"{r['cfajax']:.0f}",
+        f"{r['best_torch']}, {r['best_torch_rate']:.0f}", f"{r['cfajax_over_best_torch']:.2f}",
+        f"{r['cfajax_over_torch_loop']:.1f}"] for r in ratios])
+  tables["schedules"] = _table(
+      ["schedule", "precision", "flip rate:", "median steps:", "max steps:",
+       "useful-step fraction:", "counterfactuals/s:"],
+      [[r["schedule"], r["precision"], f"{r['flip_rate']:.3f}", f"{r['median_steps']:g}",
+        str(r["max_steps"]), f"{r['useful_step_fraction']:.3f}",
+        f"{r['counterfactuals_per_s']:.1f}"] for r in record["schedules"]])
+  planted = {(r["pool"], r["schedule"]): r for r in record["schedules_planted"]}
+  tables["planted"] = _table(
+      ["pool:", "static useful-step fraction:", "continuous useful-step fraction:"],
+      [[str(pool)] + [f"{planted[pool, s]['useful_step_fraction']:.3f}"
+                      for s in ("static", "continuous")]
+       for pool in dict.fromkeys(r["pool"] for r in record["schedules_planted"])])
+  return tables
 
 
 if __name__ == "__main__":
