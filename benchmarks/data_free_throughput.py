@@ -17,12 +17,14 @@ For each attack, on the same `--count` MNIST test 4s attacked toward 9 at thresh
     rate.
 The attacks: cfajax's latent attack through the VAE (the peer), the pixel attack, plain
 deep inversion (pixels with TV, l2 and proximity), and full DISC (implicit prior,
-progressive, DUQ manifold term) with `data_free_attack`'s defaults.
+progressive, DUQ manifold term) with `data_free_attack`'s defaults. `--report`
+prints the table of benchmarks/RESULTS.md from the record at --out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,14 +38,21 @@ import cfajax  # noqa: E402
 from cfajax import metrics  # noqa: E402
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--runs", default="runs/mnist")
   parser.add_argument("--data-dir", default="../shared/data")
   parser.add_argument("--count", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--out", default="benchmarks/results/data_free-cpu.json")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    with open(args.out) as f:
+      table = report_table(json.load(f))
+    print(f"<!-- report: benchmarks/data_free_throughput.py --report: attacks -->\n{table}\n<!-- /report -->")
+    return
   runs = Path(args.runs)
   vae, classifier, duq = (cfajax.load_model(runs / n) for n in ("vae", "classifier", "duq"))
   test = cfajax.load_mnist(args.data_dir, "test")
@@ -80,14 +89,21 @@ def main():
   for entry in record["attacks"].values():
     entry["relative_to_latent"] = entry["counterfactuals_per_s"] / peer
   timing.write_results(args.out, record)
-  print("| attack | first call (s) | steady (s) | counterfactuals/s | vs latent | "
-        "median (max) steps | useful steps | slot-steps/s | flip rate |")
-  print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+  print(report_table(record))
+
+
+def report_table(record: dict) -> str:
+  """The table of benchmarks/RESULTS.md, "Data-free (DISC) counterfactuals", from a record."""
+  lines = ["| attack | first call (s) | steady (s) | counterfactuals/s | vs latent | "
+           "median (max) steps | useful steps | slot-steps/s | flip rate |",
+           "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
   for name, e in record["attacks"].items():
-    print(f"| {name} | {e['first_s']:.1f} | {e['median_s']:.2f} | "
-          f"{e['counterfactuals_per_s']:.1f} | {e['relative_to_latent']:.2f}× | "
-          f"{e['median_steps']:.0f} ({e['max_steps_taken']}) | {e['useful_step_fraction']:.0%} | "
-          f"{e['slot_steps_per_s']:.0f} | {e['flip_rate']:.0%} |")
+    lines.append(f"| {name} | {e['first_s']:.1f} | {e['median_s']:.2f} | "
+                 f"{e['counterfactuals_per_s']:.1f} | {e['relative_to_latent']:.2f}× | "
+                 f"{e['median_steps']:g} ({e['max_steps_taken']}) | "
+                 f"{e['useful_step_fraction']:.0%} | {e['slot_steps_per_s']:,.0f} | "
+                 f"{e['flip_rate']:.0%} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

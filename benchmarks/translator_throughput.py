@@ -15,12 +15,14 @@ each timed as a whole (first call with compilation apart from the median of `--r
 later calls, blocked until ready), float32 on the default device. Reported with the
 speed: the share of counterfactuals the classifier the attack climbs calls 9 (p >= 0.5),
 and the share the independent oracle calls 9, since a fast counterfactual that nobody
-believes is no bargain.
+believes is no bargain. `--report` prints the table of benchmarks/RESULTS.md from
+the record at --out, running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ from cfajax import metrics  # noqa: E402
 from cfajax._batching import apply_batched  # noqa: E402
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--runs", default="runs/mnist")
   parser.add_argument("--translator", default="runs/robustness/mnist/translator")
@@ -46,7 +48,14 @@ def main():
   parser.add_argument("--batch-size", type=int, default=300)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default="benchmarks/results/translator-cpu.json")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    with open(args.out) as f:
+      table = report_table(json.load(f))
+    print(f"<!-- report: benchmarks/translator_throughput.py --report: methods -->\n{table}\n<!-- /report -->")
+    return
   runs = Path(args.runs)
   vae, classifier, oracle = (cfajax.load_model(runs / n) for n in ("vae", "classifier", "oracle"))
   translator = cfajax.load_model(args.translator)
@@ -85,13 +94,18 @@ def main():
   for entry in record["methods"].values():
     entry["relative_to_latent"] = entry["counterfactuals_per_s"] / peer
   timing.write_results(args.out, record)
-  print("| method | first call (s) | steady (s) | counterfactuals/s | vs latent | classifier "
-        "says 9 | oracle says 9 |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  print(report_table(record))
+
+
+def report_table(record: dict) -> str:
+  """The table of benchmarks/RESULTS.md, "The translator against the latent attack"."""
+  lines = ["| method | first call (s) | steady (s) | counterfactuals/s | vs latent | classifier "
+           "says 9 | oracle says 9 |", "|---|---:|---:|---:|---:|---:|---:|"]
   for name, e in record["methods"].items():
-    print(f"| {name} | {e['first_s']:.2f} | {e['median_s']:.3f} | "
-          f"{e['counterfactuals_per_s']:.0f} | {e['relative_to_latent']:.0f}× | "
-          f"{e['classifier_says_9']:.0%} | {e['oracle_says_9']:.0%} |")
+    lines.append(f"| {name} | {e['first_s']:.2f} | {e['median_s']:.3f} | "
+                 f"{e['counterfactuals_per_s']:,.1f} | {e['relative_to_latent']:.0f}× | "
+                 f"{e['classifier_says_9']:.0%} | {e['oracle_says_9']:.0%} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
