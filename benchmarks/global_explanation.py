@@ -30,11 +30,16 @@ Tasks (`--task`):
            covers the whole dataset; psi then uses each image's pair of
            predicted and runner-up classes (s = +1 for all) and reads "what
            changes as a digit moves toward its nearest other class".
+
+`--report --out RECORD [--baseline RECORD]` prints the table of
+benchmarks/RESULTS.md from a record (beside a baseline's steady state, e.g. the
+run with `--lax-convolutions`), running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -129,7 +134,23 @@ def main(argv=None):
                       help="convolve with lax.conv_general_dilated instead of cfajax's "
                            "(the comparison in benchmarks/RESULTS.md)")
   parser.add_argument("--out")
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  parser.add_argument("--baseline", help="with --report: a record whose steady state to show "
+                                         "beside it (the --lax-convolutions run)")
   args = parser.parse_args(argv)
+  if args.report:
+    if not args.out:
+      parser.error("--report reads the record named by --out")
+    records = []
+    for path in (args.out, args.baseline):
+      if path:
+        with open(path) as f:
+          records.append(json.load(f))
+    command = f"benchmarks/global_explanation.py --report --out {args.out}" + (
+        f" --baseline {args.baseline}" if args.baseline else "")
+    print(f"<!-- report: {command}: stages -->\n{report_table(*records)}\n<!-- /report -->")
+    return
   args.classes = tuple(int(c) for c in args.classes.split(","))
 
   device = timing.device_description()
@@ -180,6 +201,42 @@ def main(argv=None):
         "options": {k: v for k, v in vars(args).items() if k != "out"},
         "descriptors_once_s": descriptor_s, "runs_s": runs, "stages": rows,
         "outcome": outcome, "psi": psi.to_dict(), "command": " ".join(sys.argv)})
+
+
+def _convolutions(record: dict) -> str:
+  return "lax convolutions" if record["options"].get("lax_convolutions") else "cfajax's"
+
+
+def report_table(record: dict, baseline: dict | None = None) -> str:
+  """Steady-state seconds per stage (a baseline's first), and the record's compile time.
+
+  A stage whose first run was faster than its steady state shows no compile time ("—").
+  """
+  outcome = record["outcome"]
+  labels = {
+      "encode": f"encode and classify {record['num_images']:,}",
+      "probes": f"probes ({len(record['psi']['attributes'])} × {record['num_images']:,})",
+      "attack": f"attack ({outcome['explained']:,} latents, {outcome['latent_steps']:,} "
+                "latent-steps)",
+      "attributions": f"attributions (φ, ψ, {record['psi']['num_bootstrap']:,} bootstrap "
+                      "samples)",
+      "total": "total"}
+  columns = ["stage"]
+  if baseline is not None:
+    columns.append(f"steady state (s), {_convolutions(baseline)}")
+    base = {row["stage"]: row for row in baseline["stages"]}
+  columns += [f"steady state (s), {_convolutions(record)}",
+              f"compile (s), {_convolutions(record)}"]
+  lines = ["| " + " | ".join(columns) + " |",
+           "| --- |" + " ---: |" * (len(columns) - 1)]
+  for row in record["stages"]:
+    cells = [labels.get(row["stage"], row["stage"])]
+    if baseline is not None:
+      cells.append(f"{base[row['stage']]['steady_s']:.2f}")
+    cells += [f"{row['steady_s']:.2f}",
+              f"{row['compile_s']:.2f}" if row["compile_s"] >= 0 else "—"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
