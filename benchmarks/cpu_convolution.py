@@ -24,6 +24,8 @@ Rates are latent-steps/s, medians of the timed calls after a warm-up call;
 `compile_s` is the first call's excess over the median. The two convolutions'
 latents after the attack are compared: they may differ by float32 round-off
 only (the input gradient's convolution reads its kernel in another layout).
+`--report --out RECORD` prints the table of benchmarks/RESULTS.md from a
+record, running nothing.
 """
 
 from __future__ import annotations
@@ -78,12 +80,21 @@ def _step_outside_loop(vae, classifier, z, target, steps, repeats):
           "latent_steps_per_s": len(z) * steps / measured["median_s"]}
 
 
-def main() -> None:
+def main(argv=None) -> None:
   from cpu_xla_flags import add_workload_arguments
+  argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  add_workload_arguments(parser)
+  add_workload_arguments(parser, required="--report" not in argv)
   parser.add_argument("--out", required=True)
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    with open(args.out) as f:
+      table = report_table(json.load(f))
+    print(f"<!-- report: benchmarks/cpu_convolution.py --report --out {args.out}: "
+          f"convolutions -->\n{table}\n<!-- /report -->")
+    return
   batches = args.batches
 
   import jax.numpy as jnp
@@ -131,6 +142,25 @@ def main() -> None:
             "convolutions_switched_to_lax": switched, "rows": rows}
   with open(args.out, "w") as f:
     json.dump(record, f, indent=1)
+
+
+def report_table(record: dict) -> str:
+  """latent-steps/s per batch and convolution, outside a loop and in the attack."""
+  rows = record["rows"]
+  lines = ["| batch | convolution | step outside a loop (latent-steps/s) | attack (latent-steps/s) "
+           "| attack compile (s) |", "| ---: | --- | ---: | ---: | ---: |"]
+  for row in rows:
+    if row["run"] != "attack":
+      continue
+    outside = next(r for r in rows if r["run"] == "step, no loop" and r["batch"] == row["batch"]
+                   and r["convolution"] == row["convolution"])
+    lines.append(f"| {row['batch']} | `{row['convolution']}` | "
+                 f"{outside['latent_steps_per_s']:.0f} | {row['latent_steps_per_s']:.0f} | "
+                 f"{row['compile_s']:.1f} |")
+  for row in rows:
+    if row["run"] == "torch-eager":
+      lines.append(f"| {row['batch']} | torch-eager | — | {row['latent_steps_per_s']:.0f} | — |")
+  return "\n".join(lines)
 
 
 def _final_latents(vae, classifier, z, target, steps):

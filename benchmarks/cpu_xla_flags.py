@@ -143,11 +143,11 @@ def components(args):
   return rows
 
 
-def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+def add_workload_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
   """The MNIST checkpoints, data and fixed-step timing options the CPU comparisons share."""
-  parser.add_argument("--vae", required=True)
-  parser.add_argument("--classifier", required=True)
-  parser.add_argument("--data-dir", required=True)
+  parser.add_argument("--vae", required=required)
+  parser.add_argument("--classifier", required=required)
+  parser.add_argument("--data-dir", required=required)
   parser.add_argument("--batches", default="256,1024",
                       type=lambda text: [int(b) for b in text.split(",")])
   parser.add_argument("--steps", type=int, default=10)
