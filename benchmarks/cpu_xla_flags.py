@@ -15,6 +15,8 @@ batches of real MNIST latents taking exactly `--steps` plain-ascent updates,
 compile time apart (`attack_throughput.fixed_step_rate`, torch's `_time`).
 A variant whose results differ from the default's beyond float32 round-off
 (fast math may) says so: its speed is not a like-for-like comparison.
+`--report --out RECORD` prints the table of benchmarks/RESULTS.md from a record
+of either mode, running nothing.
 """
 
 from __future__ import annotations
@@ -154,14 +156,27 @@ def add_workload_arguments(parser: argparse.ArgumentParser, required: bool = Tru
   parser.add_argument("--repeats", type=int, default=3)
 
 
-def main():
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  add_workload_arguments(parser)
+  add_workload_arguments(parser, required="--report" not in argv)
   parser.add_argument("--out")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--components-only", action="store_true",
                       help="only time the parts of one step (default flags), JAX against torch")
-  args = parser.parse_args()
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    if not args.out:
+      parser.error("--report reads the record named by --out")
+    with open(args.out) as f:
+      record = json.load(f)
+    name, table = ("components", components_table(record)) if "components" in record else (
+        "options", options_table(record))
+    print(f"<!-- report: benchmarks/cpu_xla_flags.py --report --out {args.out}: {name} -->\n"
+          f"{table}\n<!-- /report -->")
+    return
   if args.child:
     child(args)
     return
@@ -196,6 +211,39 @@ def main():
                         for r in results["torch_eager_float32"]])
   if args.out:
     timing.write_results(args.out, results)
+
+
+def options_table(record: dict) -> str:
+  """latent-steps/s under each XLA option, and whether its latents equal the default's."""
+  batches = [row["batch"] for row in record["torch_eager_float32"]]
+  lines = ["| XLA_FLAGS | " + " | ".join(
+               f"latent-steps/s, batch {b}" if i == 0 else f"batch {b}"
+               for i, b in enumerate(batches)) + " | z equal to the default's |",
+           "| --- |" + " ---: |" * len(batches) + " --- |"]
+  for variant in record["variants"].values():
+    if "rows" not in variant:
+      lines.append(f"| `{variant['flags']}` |" + " failed |" * len(batches) + " — |")
+      continue
+    rate = {row["batch"]: row["latent_steps_per_s"] for row in variant["rows"]}
+    dz = max(row["max_abs_dz_vs_default"] for row in variant["rows"])
+    label = f"`{variant['flags']}`" if variant["flags"] else "(default)"
+    equal = "—" if not variant["flags"] else "bit for bit" if dz == 0 else f"no ({dz:.1e})"
+    lines.append(f"| {label} | " + " | ".join(f"{rate[b]:.0f}" for b in batches)
+                 + f" | {equal} |")
+  peer = {row["batch"]: row["latent_steps_per_s"] for row in record["torch_eager_float32"]}
+  lines.append("| torch-eager (peer) | " + " | ".join(f"{peer[b]:.0f}" for b in batches)
+               + " | — |")
+  return "\n".join(lines)
+
+
+def components_table(record: dict) -> str:
+  """Milliseconds per call of each part of the step, JAX against PyTorch."""
+  lines = ["| batch | part | JAX (ms) | PyTorch (ms) | JAX / PyTorch |",
+           "| ---: | --- | ---: | ---: | ---: |"]
+  for row in record["components"]:
+    lines.append(f"| {row['batch']} | {row['part'].replace('+input grad', ' + input gradient')} | "
+                 f"{row['jax_ms']:.1f} | {row['torch_ms']:.1f} | {row['jax_over_torch']:.2f} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
