@@ -400,8 +400,9 @@ def report_tables(record: dict) -> dict[str, str]:
   rows = []
   for r in record["throughput"]:
     compiles = r["impl"] in ("cfajax", "torch-compile")
-    spread = (f"({loop_repeats} repeat{'s' * (loop_repeats > 1)})"
-              if r["impl"] == "torch-loop-adam" and loop_repeats == 1 else f"{100 * r['spread']:.1f}%")
+    # A single timed run has no spread to show.
+    single = r["impl"] == "torch-loop-adam" and loop_repeats == 1
+    spread = "(1 repeat)" if single else f"{100 * r['spread']:.1f}%"
     rows.append([r["impl"], r["precision"], str(r["batch"]), f"{r['latent_steps_per_s']:.0f}",
                  f"{r['compile_s']:.1f}" if compiles else "-", spread])
   tables = {"fixed steps": _table(

@@ -159,7 +159,8 @@ def report_table(record: dict) -> str:
                  f"{row['compile_s']:.1f} |")
   for row in rows:
     if row["run"] == "torch-eager":
-      lines.append(f"| {row['batch']} | torch-eager | — | {row['latent_steps_per_s']:.0f} | — |")
+      rate = f"{row['latent_steps_per_s']:.0f}"
+      lines.append(f"| {row['batch']} | torch-eager | — | {rate} | — |")
   return "\n".join(lines)
 
 

@@ -51,7 +51,8 @@ def main(argv=None):
   if args.report:
     with open(args.out) as f:
       table = report_table(json.load(f))
-    print(f"<!-- report: benchmarks/data_free_throughput.py --report: attacks -->\n{table}\n<!-- /report -->")
+    print(f"<!-- report: benchmarks/data_free_throughput.py --report: attacks -->\n{table}\n"
+          "<!-- /report -->")
     return
   runs = Path(args.runs)
   vae, classifier, duq = (cfajax.load_model(runs / n) for n in ("vae", "classifier", "duq"))

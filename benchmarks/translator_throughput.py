@@ -54,7 +54,8 @@ def main(argv=None):
   if args.report:
     with open(args.out) as f:
       table = report_table(json.load(f))
-    print(f"<!-- report: benchmarks/translator_throughput.py --report: methods -->\n{table}\n<!-- /report -->")
+    print(f"<!-- report: benchmarks/translator_throughput.py --report: methods -->\n{table}\n"
+          "<!-- /report -->")
     return
   runs = Path(args.runs)
   vae, classifier, oracle = (cfajax.load_model(runs / n) for n in ("vae", "classifier", "oracle"))

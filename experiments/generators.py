@@ -335,7 +335,8 @@ def report_tables(record: dict, dataset: str) -> dict:
                                 "Spearman ρ of \\|ψ\\| between halves:"], rows)
   if all("vae_vs_gan" in e for e in values):
     tables["VAE against GAN"] = results_table(
-        ["decision", "VAE and GAN: top 5 shared:", "Spearman ρ of \\|ψ\\|:", "correlation of ψ:"],
+        ["decision", "VAE and GAN: top 5 shared:", "Spearman ρ of \\|ψ\\|:",
+         "correlation of ψ:"],
         [[name, str(a["top_shared"]), f"{a['rank_correlation']:.2f}",
           f"{a['signed_correlation']:.2f}"]
          for name, entry in entries.items() for a in [entry["vae_vs_gan"]]])

@@ -82,7 +82,8 @@ def main(argv=None):
                       help="print the tables of the record at --out, running nothing")
   args = parser.parse_args(argv)
   if args.report:
-    print_report("experiments/mnist.py --report", report_tables(json.loads(Path(args.out).read_text())))
+    record = json.loads(Path(args.out).read_text())
+    print_report("experiments/mnist.py --report", report_tables(record))
     return
 
   clock = Stopwatch()
