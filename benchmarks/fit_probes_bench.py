@@ -1,6 +1,7 @@
 """Time `cfajax.fit_probes` against scikit-learn on the same probes.
 
 Run: PYTHONPATH=. python benchmarks/fit_probes_bench.py [--n 10000] [--d 64] [--attributes 40]
+         [--out benchmarks/results/probes-cpu.json]
 
 Fits A logistic-regression probes on (n, d) latents with cfajax (float32
 L-BFGS, jitted) and with scikit-learn's `LogisticRegression` (float64 lbfgs,
@@ -10,29 +11,54 @@ cfajax's first call (compilation included) apart from its steady state, for
 attributes fitted one at a time and side by side under vmap, and the largest
 difference between the two libraries' probabilities.
 
-Measured on 2 idle CPU cores (benchmarks/RESULTS.md, "Probes against
-scikit-learn"): cfajax 0.062 s steady state for all 40 probes (1.5 s first
-call), scikit-learn 3.1 s; probabilities agree to 2.1e-5.
+`--out` writes the numbers as a JSON record, and `--report` prints the table
+of benchmarks/RESULTS.md, "Probes against scikit-learn", from the record at
+--out, running nothing.
 """
 
 import argparse
+import datetime
+import json
+import os
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
+import sklearn
 from sklearn.linear_model import LogisticRegression
 
 import cfajax
 import cfajax._probes
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402
 
-def main():
+RECORD = "benchmarks/results/probes-cpu.json"
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--n", type=int, default=10000)
   parser.add_argument("--d", type=int, default=64)
   parser.add_argument("--attributes", type=int, default=40)
   parser.add_argument("--repeats", type=int, default=5)
-  args = parser.parse_args()
+  parser.add_argument("--out", default="", help=f"a JSON record, e.g. {RECORD}")
+  parser.add_argument("--report", action="store_true",
+                      help="print the table of the record at --out, running nothing")
+  args = parser.parse_args(argv)
+  if args.report:
+    path = args.out or RECORD
+    command = "benchmarks/fit_probes_bench.py --report" + (f" --out {path}" if args.out else "")
+    print(f"<!-- report: {command}: probes -->\n"
+          f"{report_table(json.loads(Path(path).read_text()))}\n<!-- /report -->")
+    return
+  # The 1-minute load average says whether other work shared the cores.
+  record = {"device": timing.device_description(), "date": datetime.date.today().isoformat(),
+            "command": " ".join(sys.argv), "load_average_before": os.getloadavg()[0],
+            "n": args.n, "d": args.d,
+            "attributes": args.attributes, "repeats": args.repeats, "cfajax": []}
 
   rng = np.random.default_rng(0)
   z = rng.normal(size=(args.n, args.d)).astype(np.float32)
@@ -59,6 +85,11 @@ def main():
           f"(with compilation), steady state median {np.median(steady):.3f} s "
           f"(min {min(steady):.3f}); {int(probes.iterations.max())} iterations at most, "
           f"all converged: {bool(probes.converged.all())}")
+    record["cfajax"].append({
+        "attribute_batch_size": batch, "default": batch == default, "first_s": first,
+        "steady_median_s": float(np.median(steady)), "steady_min_s": min(steady),
+        "max_iterations": int(probes.iterations.max()),
+        "all_converged": bool(probes.converged.all())})
   probes = cfajax.fit_probes(z, attributes)
 
   # scikit-learn fits float32 inputs in float32 (and then stops early); give it float64.
@@ -72,6 +103,25 @@ def main():
 
   print(f"scikit-learn LogisticRegression x {args.attributes}: {sklearn_time:.2f} s")
   print(f"max |proba difference|: {np.abs(ours - theirs).max():.1e}")
+  record["scikit_learn"] = {"version": sklearn.__version__, "seconds": sklearn_time}
+  record["max_proba_difference"] = float(np.abs(ours - theirs).max())
+  record["load_average_after"] = os.getloadavg()[0]
+  if args.out:
+    timing.write_results(args.out, record)
+
+
+def report_table(record: dict) -> str:
+  """The table of benchmarks/RESULTS.md, "Probes against scikit-learn"."""
+  lines = ["| implementation | first call (s) | steady state (s) |", "| --- | ---: | ---: |"]
+  for row in record["cfajax"]:
+    batch = row["attribute_batch_size"]
+    name = ("one attribute" if batch == 1 else f"all {batch}" if batch == record["attributes"]
+            else f"{batch}") + " per vmapped loop"
+    lines.append(f"| cfajax, {name}{' (default here)' if row['default'] else ''} | "
+                 f"{row['first_s']:.2f} | {row['steady_median_s']:.3f} |")
+  lines.append(f"| scikit-learn {record['scikit_learn']['version']}, {record['attributes']} "
+               f"fits | - | {record['scikit_learn']['seconds']:.2f} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
