@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from cfajax import _sources
 
@@ -42,11 +44,17 @@ def test_the_console_script_imports_a_factory_from_the_working_directory(tmp_pat
   if not script.exists():
     pytest.skip("the cfajax console script is not installed")
   (tmp_path / "user_model.py").write_text(FACTORY)
+  # Valid images and attributes, so that whatever explain reads first, it reaches the factory.
   (tmp_path / "images").mkdir()
+  rows = ["file,bright"]
+  for i in range(4):
+    Image.fromarray(np.full((8, 8), 60 * i, np.uint8), "L").save(tmp_path / "images" / f"{i}.png")
+    rows.append(f"{i}.png,{i % 2}")
+  (tmp_path / "images" / "attributes.csv").write_text("\n".join(rows) + "\n")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  # The factory raising proves the module was imported, before any other work.
+  # The factory's own error proves that its module was imported from the working directory.
   result = subprocess.run(
-      [str(script), "explain", "--images", "images", "--attributes", "attributes.csv",
+      [str(script), "explain", "--images", "images", "--attributes", "images/attributes.csv",
        "--classifier", "user_model:fail", "--generator", "user_model:fail", "--out", "run",
        "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2, result.stderr
