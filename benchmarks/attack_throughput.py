@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cfajax._steps import PLAIN_ASCENT
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402
 
@@ -132,7 +134,7 @@ def real_latents(name, vae, classifier, data_dir, count, seed=0):
 
 def step_flops(vae, classifier, batch, latent_dim, precision):
   """FLOPs of one vmapped check-and-step of `batch` latents, by XLA's cost analysis."""
-  config = _loop.AttackConfig(precision=precision)
+  config = _loop.AttackConfig(optimizer=PLAIN_ASCENT, precision=precision)
   hyper = _attack.make_hyper(0.5, 0.1, 10, 0.0, np.float32)
   decode, classify = as_pure_callable(vae.decode), as_pure_callable(classifier)
 
@@ -165,7 +167,8 @@ def fixed_step_rate(vae, classifier, z, target, batch, steps, precision, schedul
   zb, tb = z[:batch], target[:batch]
   options = dict(threshold=1 - 1e-7, max_steps=steps, step_size=1e-3, precision=precision,
                  batch_size=batch, schedule=schedule)
-  run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, zb, tb, **options)
+  run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, zb, tb, **options,
+                                             optimizer="ascent")
   measured = timing.time_call(run, repeats=repeats, warmup=1)
   latent_steps = int(np.sum(measured["out"].steps))
   return {"latent_steps": latent_steps, "iterations": steps + 1,
@@ -182,7 +185,8 @@ def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_
     for precision in ("float32", "bfloat16"):
       options = dict(threshold=threshold, max_steps=max_steps, step_size=0.1, batch_size=batch,
                      schedule=schedule, precision=precision, return_stats=True)
-      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options)
+      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options,
+                                                 optimizer="ascent")
       measured = timing.time_call(run, repeats=repeats, warmup=1)
       result, stats = measured["out"]
       steps = np.asarray(result.steps)
@@ -231,7 +235,8 @@ def schedules_on_planted_steps(n=4096, pools=(32, 256), low=10, high=500, repeat
     for schedule in ("static", "continuous"):
       options = dict(threshold=0.5, step_size=1.0, max_steps=high + 100, batch_size=pool,
                      schedule=schedule, return_stats=True)
-      run = lambda: cfajax.counterfactual_attack(decode, classify, z, 1, **options)
+      run = lambda: cfajax.counterfactual_attack(decode, classify, z, 1, **options,
+                                                 optimizer="ascent")
       measured = timing.time_call(run, repeats=repeats, warmup=1)
       result, stats = measured["out"]
       steps = np.asarray(result.steps)

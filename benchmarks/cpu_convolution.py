@@ -168,7 +168,7 @@ def _final_latents(vae, classifier, z, target, steps):
   import cfajax
   result = cfajax.counterfactual_attack(vae.decode, classifier, z, target,
                                         threshold=1 - 1e-7, max_steps=steps, step_size=1e-3,
-                                        batch_size=len(z))
+                                        batch_size=len(z), optimizer="ascent")
   return result.z
 
 

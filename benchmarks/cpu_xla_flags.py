@@ -63,7 +63,7 @@ def child(args) -> None:
                                             "float32", repeats=args.repeats)
     result = cfajax.counterfactual_attack(vae.decode, classifier, z[:batch], target[:batch],
                                           threshold=1 - 1e-7, max_steps=args.steps,
-                                          step_size=1e-3, batch_size=batch)
+                                          step_size=1e-3, batch_size=batch, optimizer="ascent")
     row["z_checksum"] = np.asarray(result.z, np.float64).tolist()
     rows.append({"batch": batch, **row})
   print("RESULT " + json.dumps(rows))

@@ -62,7 +62,7 @@ def main(argv=None):
   common = {"threshold": 0.9, "max_steps": 500, "batch_size": len(x), "return_stats": True}
   attacks = {
       "latent attack (VAE)": lambda: cfajax.counterfactual_attack(
-          vae.decode, classifier, z, 9, step_size=0.1, **common),
+          vae.decode, classifier, z, 9, step_size=0.1, **common, optimizer="ascent"),
       "pixel attack": lambda: metrics.pixel_attack(classifier, x, 9, step_size=0.01, **common),
       "plain deep inversion": lambda: cfajax.data_free_attack(
           classifier, x, 9, prior="pixels", progressive=False, l2_weight=0.05, **common),

@@ -108,7 +108,7 @@ def explain_once(vae, classifier, images, attributes, names, args):
   result = lap("attack", cfajax.counterfactual_attack(
       vae.decode, classifier, z[selected], target, threshold=args.threshold,
       step_size=args.step_size, max_steps=args.max_steps, batch_size=args.pool,
-      schedule="continuous"))
+      schedule="continuous", optimizer="ascent"))
   phi = cfajax.local_attributions(probes, z[selected], result.z)
   psi = cfajax.global_attributions(np.asarray(phi), original_prob,
                                    success=np.asarray(result.success), names=names)

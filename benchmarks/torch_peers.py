@@ -644,7 +644,7 @@ def check_agreement(vae, classifier, z, target, *, threshold=0.5, step_size=0.1,
   common = dict(threshold=threshold, max_steps=max_steps)
   with _full_float32():
     plain = cfajax.counterfactual_attack(vae.decode, classifier, z, target, step_size=step_size,
-                                         batch_size=len(z), **common)
+                                         optimizer="ascent", batch_size=len(z), **common)
     adam = cfajax.counterfactual_attack(vae.decode, classifier, z, target,
                                         optimizer=optax.adam(adam_lr), batch_size=len(z),
                                         **common)

@@ -72,7 +72,7 @@ def main(argv=None):
   def attacked():
     result = cfajax.counterfactual_attack(vae.decode, classifier, vae.encode(x), 9,
                                           threshold=0.9, step_size=0.1, max_steps=500,
-                                          batch_size=len(x))
+                                          batch_size=len(x), optimizer="ascent")
     return vae.decode(result.z), result
 
   record = {"device": timing.device_description(), "precision": "float32",

@@ -25,6 +25,9 @@ from cfajax._loop import AttackConfig
 from cfajax._loop import AttackHyper
 from cfajax._loop import AttackResult
 from cfajax._loop import OBJECTIVES
+from cfajax._steps import PLAIN_ASCENT
+from cfajax._steps import OptaxStep
+from cfajax._steps import TrustRegion
 
 SCHEDULES = ("continuous", "static")
 DEFAULT_STEP_SIZE = 0.1
@@ -120,8 +123,8 @@ def _optimizer_factory(optimizer):
   if isinstance(optimizer, str):
     factory = getattr(optax, optimizer, None)
     if not callable(factory) or isinstance(factory, type):
-      raise ValueError(f"optimizer {optimizer!r} is not an optax optimizer; name one such as "
-                       "'adam', 'sgd', 'rmsprop' or 'lion'")
+      raise ValueError(f"optimizer {optimizer!r} is neither 'trust-region', 'ascent' nor an "
+                       "optax optimizer; name one such as 'adam', 'sgd', 'rmsprop' or 'lion'")
     try:
       parameters = list(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
@@ -132,9 +135,27 @@ def _optimizer_factory(optimizer):
     return factory
   if callable(optimizer):
     return optimizer
-  raise ValueError("optimizer must be None (plain ascent), an optax optimizer's name "
-                   "('adam'), a factory of a learning rate (optax.adam) or an "
+  raise ValueError("optimizer must be None or 'trust-region' (the scale-free default), "
+                   "'ascent' (plain gradient ascent), a cfajax.TrustRegion, an optax "
+                   "optimizer's name ('adam'), a factory of a learning rate (optax.adam) or an "
                    f"optax.GradientTransformation; got {type(optimizer).__name__}")
+
+
+def step_rule(optimizer) -> TrustRegion | OptaxStep:
+  """The step rule an `optimizer` argument names.
+
+  None or "trust-region": `TrustRegion()`, scale-free (the default); "ascent":
+  plain gradient ascent, the paper's update; a `TrustRegion` value as it is;
+  anything else an optax optimizer (a name, a factory or a ready
+  transformation), applied by `OptaxStep`.
+  """
+  if optimizer is None or (isinstance(optimizer, str) and optimizer == "trust-region"):
+    return TrustRegion()
+  if isinstance(optimizer, (TrustRegion, OptaxStep)):
+    return optimizer
+  if isinstance(optimizer, str) and optimizer == "ascent":
+    return PLAIN_ASCENT
+  return OptaxStep(_optimizer_factory(optimizer))
 
 
 def make_config(objective: str, optimizer, step_size, precision) -> tuple[AttackConfig, float]:
@@ -144,8 +165,9 @@ def make_config(objective: str, optimizer, step_size, precision) -> tuple[Attack
   if precision == "float64" and not jax.config.jax_enable_x64:
     raise ValueError("precision='float64' needs 64-bit JAX: set "
                      "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) first")
-  optimizer = _optimizer_factory(optimizer)
-  if isinstance(optimizer, optax.GradientTransformation):
+  optimizer = step_rule(optimizer)
+  if isinstance(optimizer, OptaxStep) and isinstance(optimizer.optimizer,
+                                                     optax.GradientTransformation):
     if step_size is not None:
       raise ValueError(
           "step_size is the learning rate of plain ascent or of an optimizer given by name "
@@ -219,18 +241,27 @@ def counterfactual_attack(
     target: () or (n,) target class: an index in [0, K) for `K >= 2`; for
       `K == 1`, 1 to reach `p >= threshold` and 0 to reach `p <= 1 - threshold`.
     threshold: target probability at which a latent stops.
-    step_size: the learning rate `eta`: of plain gradient ascent (the
-      paper's update, default 0.1), or of the optimizer named by `optimizer`.
+    step_size: for the default trust region, its first radius in latent
+      units (default 0.1), which then adapts; for plain ascent the learning
+      rate `eta` of `z <- z + eta grad` (default 0.1); for an optimizer named
+      by `optimizer`, its learning rate.
     max_steps: most updates per latent (at most 2**31 - 1).
     objective: what is ascended: `"logit"`, the target's log-odds
       `log q - log(1 - q)` (never saturates; default), `"prob"`, the
       probability `q` (as the paper writes it), or `"log_prob"`, `log q`.
-    optimizer: None for plain ascent; an optax optimizer's name (`"adam"`)
-      or factory (`optax.adam`), built with `step_size` as its learning
-      rate; or a ready `optax.GradientTransformation` (`optax.adam(0.05)`,
-      then without `step_size`). Threshold, step size, max steps and
-      grad_tol are traced, so a sweep over them compiles once; a ready
-      transformation's numbers are compiled in, so each new one compiles anew.
+    optimizer: the step rule. None (or `"trust-region"`): scale-free
+      ascent along the gradient, each step the one that would reach a little
+      past the threshold if the objective were linear, within a trust radius
+      that adapts (`cfajax.TrustRegion`): step lengths are set in latent
+      units, not by the gradient's size, so flat and sharp logits are
+      handled alike. `"ascent"`: the paper's plain gradient
+      ascent, whose steps scale with the gradient. An optax optimizer's name
+      (`"adam"`) or factory (`optax.adam`), built with `step_size` as its
+      learning rate; or a ready `optax.GradientTransformation`
+      (`optax.adam(0.05)`, then without `step_size`). Threshold, step size,
+      max steps and grad_tol are traced, so a sweep over them compiles once;
+      a ready transformation's numbers are compiled in, so each new one
+      compiles anew.
     grad_tol: a latent whose gradient norm is `<= grad_tol` stops with
       `Status.ZERO_GRADIENT`.
     precision: the dtype of the decoder's and classifier's arithmetic:

@@ -3,9 +3,11 @@
 For each latent `z` and target class `t`, repeat
 
     if q_t(G(z)) >= threshold: stop (reached)
-    z <- z + step_size * grad_z objective(f(G(z)), t)
+    z <- a step along grad_z objective(f(G(z)), t)
 
-where `q_t` is the classifier's probability of the target. The state of one
+where `q_t` is the classifier's probability of the target, and the step's
+length is set by a step rule (`_steps.py`): by default a scale-free trust
+region; `z + step_size * grad`, the paper's plain ascent, by name. The state of one
 latent (`LatentState`) and its update (`update_latent`) are written for a
 single example and vmapped. The gradient is taken of the batch's summed
 objective, in which `jax.vmap` makes each row depend on its own latent alone,
@@ -25,7 +27,10 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from cfajax._steps import OptaxStep
+from cfajax._steps import TrustRegion
+from cfajax._steps import make_transformation  # noqa: F401  (the inversion's and DISC's)
 
 OBJECTIVES = ("logit", "prob", "log_prob")
 
@@ -50,22 +55,22 @@ class AttackConfig:
 
   Attributes:
     objective: what is ascended (`OBJECTIVES`).
-    optimizer: how a latent moves along its gradient. None is plain ascent
-      (`optax.sgd`); a factory (`optax.adam`, or any callable mapping a
-      learning rate to an optax transformation) is called inside the trace
-      with the traced `AttackHyper.step_size`, so a new learning rate reuses
-      the compiled program; a ready `optax.GradientTransformation` is used as
-      it is, its numbers compiled in.
+    optimizer: the step rule, how a latent moves along its gradient
+      (`_steps.TrustRegion`, or `_steps.OptaxStep` for plain ascent and optax
+      optimizers), with `AttackHyper.step_size` traced.
     precision: dtype of the decoder's and classifier's arithmetic.
   """
 
   objective: str = "logit"
-  optimizer: Callable[..., optax.GradientTransformation] | optax.GradientTransformation | None = None
+  optimizer: TrustRegion | OptaxStep = TrustRegion()
   precision: str = "float32"
 
-  def transformation(self, learning_rate: jax.Array) -> optax.GradientTransformation:
-    """The optax transformation for a (traced) learning rate."""
-    return make_transformation(self.optimizer, learning_rate)
+  def aim(self, threshold: jax.Array) -> jax.Array:
+    """The objective's value at target probability `(1 + threshold) / 2`, which a
+    trust-region step aims for: a little past the threshold, so that a step the
+    linearisation predicts well crosses it."""
+    q = (1 + threshold) / 2
+    return {"logit": jnp.log(q) - jnp.log1p(-q), "prob": q, "log_prob": jnp.log(q)}[self.objective]
 
   # The scheduler's problem protocol (`_scheduler.py`); models = (decode, classify).
 
@@ -82,20 +87,11 @@ class AttackConfig:
     return result_from_states(states)
 
 
-def make_transformation(optimizer, learning_rate) -> optax.GradientTransformation:
-  """None (plain ascent: `optax.sgd`), a ready transformation, or a factory of a learning rate."""
-  if optimizer is None:
-    return optax.sgd(learning_rate)
-  if isinstance(optimizer, optax.GradientTransformation):
-    return optimizer
-  return optimizer(learning_rate)
-
-
 class AttackHyper(NamedTuple):
   """The options that are traced: new values never trigger a recompile."""
 
   threshold: jax.Array  # () float32, in (0, 1)
-  step_size: jax.Array  # () latent dtype: the learning rate of plain ascent or a factory
+  step_size: jax.Array  # () latent dtype: the trust region's first radius, or a learning rate
   max_steps: jax.Array  # () int32
   grad_tol: jax.Array  # () float32
 
@@ -104,7 +100,7 @@ class LatentState(NamedTuple):
   """The carry of one latent's loop. Shapes are for one example."""
 
   z: jax.Array  # (d,)
-  opt_state: Any  # the optimizer's state for z
+  opt_state: Any  # the step rule's state for z
   target: jax.Array  # () int32
   steps: jax.Array  # () int32, updates taken so far
   status: jax.Array  # () int32, RUNNING or a `Status`
@@ -194,23 +190,24 @@ def _objective_and_prob(decode, classify, config, z, target):
 
 
 def probabilities_and_gradients(decode, classify, config, z, target):
-  """Each latent's target probability and objective gradient, for a batch.
+  """Each latent's target probability, objective and objective gradient, for a batch.
 
   Args:
     z: (B, d) latents; target: (B,) int32.
 
   Returns:
-    `(prob, grad)`: (B,) target probabilities (float32, or float64 for
-    float64 models) and (B, d) gradients of each latent's own objective.
+    `(prob, value, grad)`: (B,) target probabilities (float32, or float64 for
+    float64 models), (B,) objectives and (B, d) gradients of each latent's
+    own objective.
   """
   per_example = jax.vmap(_objective_and_prob, in_axes=(None, None, None, 0, 0))
 
   def total(z):
     values, prob = per_example(decode, classify, config, z, target)
-    return jnp.sum(values), prob
+    return jnp.sum(values), (values, prob)
 
-  grad, prob = jax.grad(total, has_aux=True)(z)
-  return prob, grad
+  grad, (value, prob) = jax.grad(total, has_aux=True)(z)
+  return prob, value, grad
 
 
 def init_state(config: AttackConfig, hyper: AttackHyper, z: jax.Array,
@@ -219,7 +216,7 @@ def init_state(config: AttackConfig, hyper: AttackHyper, z: jax.Array,
   nan = jnp.array(jnp.nan, jnp.float32)
   return LatentState(
       z=z,
-      opt_state=config.transformation(hyper.step_size).init(z),
+      opt_state=config.optimizer.init(z, hyper.step_size),
       target=jnp.asarray(target, jnp.int32),
       steps=jnp.array(0, jnp.int32),
       status=jnp.array(RUNNING, jnp.int32),
@@ -229,15 +226,15 @@ def init_state(config: AttackConfig, hyper: AttackHyper, z: jax.Array,
 
 
 def update_latent(config: AttackConfig, hyper: AttackHyper, state: LatentState,
-                  prob: jax.Array, grad: jax.Array) -> LatentState:
+                  prob: jax.Array, value: jax.Array, grad: jax.Array) -> LatentState:
   """Checks one latent's target, then moves it one step if it may go on.
 
   A latent that has already stopped (or an empty slot) is returned unchanged,
   so the update can be applied to a pool in which some latents have finished.
 
   Args:
-    state: the latent's state; prob: () its target probability now; grad:
-      (d,) the gradient of its objective.
+    state: the latent's state; prob: () its target probability now; value:
+      () its objective; grad: (d,) the objective's gradient.
   """
   running = state.status == RUNNING
   finite = jnp.isfinite(prob) & jnp.all(jnp.isfinite(grad))
@@ -251,10 +248,8 @@ def update_latent(config: AttackConfig, hyper: AttackHyper, state: LatentState,
   status = jnp.where(running, status, state.status)
   move = status == RUNNING
 
-  # optax minimises; ascend by handing it the negated gradient.
-  tx = config.transformation(hyper.step_size)
-  updates, new_opt_state = tx.update(-grad, state.opt_state, state.z)
-  new_z = optax.apply_updates(state.z, updates)
+  new_z, new_opt_state = config.optimizer.update(
+      state.opt_state, state.z, value, grad, config.aim(hyper.threshold), hyper.step_size)
   keep = lambda new, old: jnp.where(move, new, old)
   prob = prob.astype(jnp.float32)
   return LatentState(
@@ -276,8 +271,10 @@ def attack_step(
 
   `decode` and `classify` must already be cast to `config.precision`.
   """
-  prob, grad = probabilities_and_gradients(decode, classify, config, states.z, states.target)
-  return jax.vmap(update_latent, in_axes=(None, None, 0, 0, 0))(config, hyper, states, prob, grad)
+  prob, value, grad = probabilities_and_gradients(decode, classify, config, states.z,
+                                                  states.target)
+  return jax.vmap(update_latent, in_axes=(None, None, 0, 0, 0, 0))(config, hyper, states, prob,
+                                                                   value, grad)
 
 
 def result_from_states(state: LatentState) -> AttackResult:

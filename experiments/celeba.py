@@ -157,7 +157,8 @@ def main(argv=None):
     record[name] = {}
     for threshold in thresholds:
       attack = cfajax.counterfactual_attack(vae.decode, clf, z, target,
-                                            progress=True, **{**LATENT, "threshold": threshold})
+                                            progress=True, **{**LATENT, "threshold": threshold},
+                                            optimizer="ascent")
       attack_cf = np.asarray(apply(vae.decode, np.asarray(attack.z)))
       if threshold == LATENT["threshold"]:
         latent, cf = attack, attack_cf  # the counterfactuals explained below

@@ -65,7 +65,7 @@ def progression(decode, classify, z, target, fractions, steps, **options) -> np.
   for t in range(int(marks.max()) + 1):
     if t:
       current = np.asarray(cfajax.counterfactual_attack(
-          decode, classify, current, target, **{**options, "max_steps": 1}).z)
+          decode, classify, current, target, **{**options, "max_steps": 1}, optimizer="ascent").z)
     rows, columns = np.nonzero(marks == t)
     if len(rows):
       frames[rows, columns] = np.asarray(decode(current[rows]))
@@ -225,7 +225,8 @@ def latent_and_pixel(vae, classifier, oracle, images, z, target, *, latent_optio
   Returns `(latent, cf, report), (pixel, pixel_cf, report)`; the reports are
   None when `report` is False.
   """
-  latent = cfajax.counterfactual_attack(vae.decode, classifier, z, target, **latent_options)
+  latent = cfajax.counterfactual_attack(vae.decode, classifier, z, target, **latent_options,
+                                        optimizer="ascent")
   cf = np.asarray(apply(vae.decode, np.asarray(latent.z)))
   pixel = metrics.pixel_attack(classifier, images, target, **pixel_options)
   pixel_cf = metrics.pixel_counterfactuals(pixel, images.shape[1:])

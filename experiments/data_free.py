@@ -192,7 +192,7 @@ def ablation(classifier, oracle, duq, vae, x, z, target, reference, weights=None
 
   def latent(threshold):
     result = cfajax.counterfactual_attack(vae.decode, classifier, z, target,
-                                          threshold=threshold, **LATENT)
+                                          threshold=threshold, **LATENT, optimizer="ascent")
     return result, np.asarray(apply(vae.decode, np.asarray(result.z)))
 
   for threshold in THRESHOLDS:

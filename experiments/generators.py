@@ -138,7 +138,8 @@ def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
       status, steps, z_t = ex["status"][rows], ex["steps"][rows], z_cf
     else:
       result = cfajax.counterfactual_attack(decode, classifier, z, target,
-                                            **{**LATENT, "threshold": threshold})
+                                            **{**LATENT, "threshold": threshold},
+                                            optimizer="ascent")
       status, steps, z_t = map(np.asarray, (result.status, result.steps, result.z))
     success = status == cfajax.Status.REACHED
     cf = np.asarray(apply(decode, z_t))

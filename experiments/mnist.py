@@ -180,7 +180,8 @@ def main(argv=None):
       if optimizer is not None:
         options["optimizer"] = optimizer
         del options["step_size"]
-      result = cfajax.counterfactual_attack(vae.decode, classifier, z[idx], 9, **options)
+      result = cfajax.counterfactual_attack(vae.decode, classifier, z[idx], 9, **options,
+                                            optimizer="ascent")
       cf = np.asarray(apply(vae.decode, np.asarray(result.z)))
       report = metrics.counterfactual_report(
           result, counterfactuals=cf, starts=starts, images=x[idx], z=z[idx], oracle=oracle,

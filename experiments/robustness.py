@@ -109,7 +109,8 @@ def latent_counterfactuals(vae, classifier, train, seed):
   targets = (train.labels + rng.integers(1, 10, len(train))) % 10
   z = np.asarray(apply(vae.encode, train.images))
   result = cfajax.counterfactual_attack(vae.decode, classifier, z, targets, threshold=0.9,
-                                        step_size=0.1, max_steps=200, progress=False)
+                                        step_size=0.1, max_steps=200, progress=False,
+                                        optimizer="ascent")
   success = np.asarray(result.success)
   images = np.asarray(apply(vae.decode, np.asarray(result.z)[success]))
   return images, float(success.mean())

@@ -80,7 +80,8 @@ def one_seed(seed, train, test, count):
   z = np.asarray(apply(vae.encode, x))
   start = np.asarray(apply(vae.decode, z))
   p_start = metrics.target_probability(clf, start, 1)
-  latent = cfajax.counterfactual_attack(vae.decode, clf, z, 0, threshold=0.9, step_size=0.1)
+  latent = cfajax.counterfactual_attack(vae.decode, clf, z, 0, threshold=0.9, step_size=0.1,
+                                        optimizer="ascent")
   latent_cf = np.asarray(apply(vae.decode, np.asarray(latent.z)))
   pixel = metrics.pixel_attack(clf, x, 0, threshold=0.9, step_size=0.01)
   pixel_cf = metrics.pixel_counterfactuals(pixel, x.shape[1:])

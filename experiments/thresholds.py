@@ -69,7 +69,7 @@ def sweep(models, images, thresholds):
   rows = []
   for threshold in thresholds:
     result = cfajax.counterfactual_attack(vae.decode, classifier, z, target,
-                                          threshold=threshold, **OPTIONS)
+                                          threshold=threshold, **OPTIONS, optimizer="ascent")
     success = np.asarray(result.success)
     cf = np.asarray(apply(vae.decode, np.asarray(result.z)))
     steps = np.asarray(result.steps)[success]

@@ -60,7 +60,7 @@ def test_closed_form_linear_binary():
 
   result = cfajax.counterfactual_attack(
       decode, classify, jnp.asarray(z0, jnp.float32), 1, threshold=threshold,
-      step_size=eta, max_steps=1000)
+      step_size=eta, max_steps=1000, optimizer="ascent")
 
   np.testing.assert_array_equal(result.steps, want_steps)
   assert np.all(result.status == Status.REACHED)
@@ -82,7 +82,8 @@ def test_closed_form_linear_binary_target_zero():
   want_steps = np.maximum(np.ceil(exact), 0).astype(int)
 
   result = cfajax.counterfactual_attack(
-      decode, classify, jnp.asarray(z0, jnp.float32), 0, threshold=threshold, step_size=eta)
+      decode, classify, jnp.asarray(z0, jnp.float32), 0, threshold=threshold, step_size=eta,
+      optimizer="ascent")
 
   np.testing.assert_array_equal(result.steps, want_steps)
   np.testing.assert_allclose(result.z, z0 - want_steps[:, None] * eta * u[None], atol=1e-4)
@@ -101,9 +102,71 @@ def test_closed_form_linear_softmax_two_classes():
   assert np.all(np.abs(exact - np.round(exact)) > 1e-3)
 
   result = cfajax.counterfactual_attack(
-      decode, classify, jnp.asarray(z0, jnp.float32), t, threshold=threshold, step_size=eta)
+      decode, classify, jnp.asarray(z0, jnp.float32), t, threshold=threshold, step_size=eta,
+      optimizer="ascent")
 
   np.testing.assert_array_equal(result.steps, np.maximum(np.ceil(exact), 0))
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 20.0])
+def test_trust_region_on_a_linear_logit_is_scale_free(scale):
+  # On a linear log-odds v(z) = v0 + c u.z the trust region goes along u; while
+  # the radius r0 * 2^k is shorter than the step to the aim it takes it whole
+  # (every ratio is exactly 1, so the radius doubles), and then one Polyak step
+  # lands on the aim, log-odds logit((1 + t) / 2). So the steps are
+  # K + 1, with K the first k where r0 * (2^(k+1) - 1) >= the distance to the aim,
+  # unless a capped step already crossed the threshold: a closed form whatever
+  # the scale c, where plain ascent's steps scale with c.
+  decode, classify, a, w, b = linear_models(seed=11)
+  scaled = lambda x: scale * classify(x)
+  z0 = np.random.default_rng(12).normal(size=(6, D))
+  u = (a @ w)[:, 0] * scale
+  threshold, r0 = 0.9, 0.1
+  v0 = z0 @ u + b[0] * scale
+  aim = math.log(0.95 / 0.05)
+  to_aim = (aim - v0) / np.linalg.norm(u)
+  to_threshold = (math.log(threshold / (1 - threshold)) - v0) / np.linalg.norm(u)
+  want_steps, want_z = [], []
+  for i in range(len(z0)):
+    k, travelled = 0, 0.0
+    while travelled < to_threshold[i] and r0 * 2**k < to_aim[i] - travelled:
+      travelled += r0 * 2**k
+      k += 1
+    if travelled >= to_threshold[i]:
+      want_steps.append(k)
+    else:
+      want_steps.append(k + 1)
+      travelled = to_aim[i]
+    want_z.append(z0[i] + travelled * u / np.linalg.norm(u))
+
+  result = cfajax.counterfactual_attack(decode, scaled, jnp.asarray(z0, jnp.float32), 1,
+                                        threshold=threshold, step_size=r0, max_steps=100)
+
+  assert np.all(result.status == Status.REACHED)
+  np.testing.assert_array_equal(result.steps, want_steps)
+  # float32 over at most ~10 steps of lengths up to ~10: 1e-4 relative.
+  np.testing.assert_allclose(result.z, np.array(want_z), rtol=1e-4, atol=1e-4)
+  assert max(want_steps) <= 10
+
+
+def test_trust_region_takes_back_a_step_that_lowers_the_objective():
+  # v(z) = 3 sin(z), threshold 0.99 (aim: p = 0.995, v = 5.29, beyond the peak 3).
+  # From z = 0 (v 0, g 3) the Polyak step 1.76 is capped by r0 = 1.5: z1 = 1.5,
+  # v = 2.992, ratio 0.66 keeps the radius. From there g = 0.212 asks for 10.8,
+  # capped: z2 = 3.0, v = 0.42, lower: taken back, radius 1.5 / 4, so the third
+  # trial starts again from 1.5: z3 = 1.875.
+  decode = lambda z: z.reshape(-1, 1, 1, 1)
+  classify = lambda x: 3 * jnp.sin(x.reshape(x.shape[0], 1))
+  z0 = jnp.zeros((1, 1), jnp.float32)
+  trials = [float(cfajax.counterfactual_attack(decode, classify, z0, 1, threshold=0.99,
+                                               step_size=1.5, max_steps=k).z[0, 0])
+            for k in (1, 2, 3)]
+  np.testing.assert_allclose(trials, [1.5, 3.0, 1.875], rtol=1e-6)
+  result = cfajax.counterfactual_attack(decode, classify, z0, 1, threshold=0.99, step_size=1.5,
+                                        max_steps=200)
+  assert result.status[0] == Status.MAX_STEPS  # the peak, p = 0.953, is below 0.99
+  # It settles at the peak rather than wandering off it.
+  np.testing.assert_allclose(float(result.z[0, 0]), math.pi / 2, atol=0.05)
 
 
 def test_results_do_not_depend_on_batch():
@@ -176,7 +239,7 @@ def test_prob_objective_saturates_where_logit_reaches_the_target():
   decode = lambda z: z.reshape(-1, 2, 2, 1)
   classify = lambda x: (x.reshape(x.shape[0], -1) @ u)[:, None]
   z = jnp.full((2, D), -15.0)
-  options = dict(threshold=0.9, step_size=1.0, max_steps=300)
+  options = dict(threshold=0.9, step_size=1.0, max_steps=300, optimizer="ascent")
   prob = cfajax.counterfactual_attack(decode, classify, z, 1, objective="prob", **options)
   logit = cfajax.counterfactual_attack(decode, classify, z, 1, objective="logit", **options)
   log_prob = cfajax.counterfactual_attack(decode, classify, z, 1, objective="log_prob", **options)
@@ -209,7 +272,7 @@ def test_optimizer_errors_are_named():
   z = latents(2)
   with pytest.raises(ValueError, match="a ready optax transformation has its own learning rate"):
     cfajax.counterfactual_attack(decode, classify, z, 2, step_size=0.1, optimizer=optax.adam(0.1))
-  with pytest.raises(ValueError, match="'adamm' is not an optax optimizer"):
+  with pytest.raises(ValueError, match="'adamm' is neither 'trust-region', 'ascent' nor an optax"):
     cfajax.counterfactual_attack(decode, classify, z, 2, optimizer="adamm")
   with pytest.raises(ValueError, match="does not take a learning rate"):
     cfajax.counterfactual_attack(decode, classify, z, 2, optimizer="chain")
@@ -222,7 +285,7 @@ def test_a_sweep_over_numeric_options_compiles_once():
   # and max_steps are traced: a sweep reuses one program per optimizer.
   decode, classify = mlp_models(seed=5)
   z = latents(8, seed=3)
-  for optimizer in (None, "adam"):
+  for optimizer in (None, "ascent", "adam"):
     sizes = []
     for i, lr in enumerate((0.3, 0.1, 0.05, 0.01)):
       cfajax.counterfactual_attack(decode, classify, z, 1, optimizer=optimizer, step_size=lr,

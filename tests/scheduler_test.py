@@ -88,8 +88,8 @@ def test_queue_lengths_share_a_compilation():
 
 
 def test_continuous_batching_keeps_the_pool_busy_when_steps_vary():
-  # A linear log-odds rising by 1 per step, whose starting values spread the
-  # step counts uniformly over 10..500; a static chunk waits for its slowest.
+  # A linear log-odds rising by 1 per step of plain ascent, whose starting values
+  # spread the step counts uniformly over 10..500; a static chunk waits for its slowest.
   n, pool = 2048, 32
   rng = np.random.default_rng(0)
   u = np.ones(4, np.float32) / 2
@@ -98,7 +98,7 @@ def test_continuous_batching_keeps_the_pool_busy_when_steps_vary():
   start = -rng.uniform(10, 500, size=n)  # log-odds at the start
   z = np.repeat(start[:, None] / 2, 4, axis=1)  # u.z = start
   options = dict(threshold=0.5, step_size=1.0, max_steps=600, batch_size=pool,
-                 precision="float64")
+                 precision="float64", optimizer="ascent")
   with enable_x64():
     static = cfajax.counterfactual_attack(decode, classify, z, 1, schedule="static", **options)
     continuous, stats = cfajax.counterfactual_attack(
@@ -125,8 +125,9 @@ def heavy_tailed_linear_task(n, seed=0):
 
 def test_drained_pool_narrows_without_changing_results(monkeypatch):
   decode, classify, z = heavy_tailed_linear_task(512)
+  # Plain ascent: the heavy tail of step counts is what narrowing is for.
   options = dict(threshold=0.5, step_size=1.0, max_steps=600, batch_size=64,
-                 return_stats=True, precision="float64")
+                 return_stats=True, precision="float64", optimizer="ascent")
   with enable_x64():
     monkeypatch.setattr(_scheduler, "MIN_SHRUNK_POOL", 10**9)  # never narrower
     wide, wide_stats = cfajax.counterfactual_attack(decode, classify, z, 1, **options)
@@ -168,7 +169,7 @@ MULTI_DEVICE = textwrap.dedent("""
     _scheduler.MIN_SHRUNK_POOL = 2
     decode, classify, z = heavy_tailed_linear_task(400, seed=1)
     options = dict(threshold=0.5, step_size=1.0, max_steps=600, batch_size=64,
-                   precision="float64")
+                   precision="float64", optimizer="ascent")
     one = cfajax.counterfactual_attack(decode, classify, z, 1,
                                        mesh=cfajax.local_mesh(jax.devices()[:1]), **options)
     narrow, narrow_stats = cfajax.counterfactual_attack(decode, classify, z, 1,

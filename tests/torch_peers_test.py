@@ -61,7 +61,7 @@ def test_eager_attack_matches_counterfactual_attack(models):
   decoder, torch_classifier = torch_peers.torch_models(vae, classifier, torch.float32, CPU)
   with torch_peers._full_float32():
     want = cfajax.counterfactual_attack(vae.decode, classifier, z, target, batch_size=8,
-                                        **options)
+                                        optimizer="ascent", **options)
     got_z, got_steps, got_status, _ = torch_peers.attack_eager(
         decoder, torch_classifier, torch.from_numpy(z), torch.from_numpy(target.astype(np.int64)),
         **options)
