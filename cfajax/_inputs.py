@@ -2,14 +2,16 @@
 
 `custom_inputs` reads the user's images, attribute tables and models; `check_contract` checks
 the models against the images before any of them runs; `latents_of` encodes
-images, or inverts them for a generator without an encoder, `given_latents`
-checks latents found beforehand, and `badly_inverted` says which inversions are
-too poor to explain.
+images, or inverts them for a generator without an encoder, and `RunLatents`
+does so for a whole run, inverting each distinct image once however many of
+the run's image sets hold it; `given_latents` checks latents found beforehand,
+and `badly_inverted` says which inversions are too poor to explain.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import jax
@@ -182,12 +184,69 @@ def badly_inverted(config, errors: np.ndarray) -> tuple[np.ndarray, float]:
   return ~(errors <= threshold), threshold
 
 
-def table_latents(config, parts, contract, table: AttributeTable, progress, log):
-  """(latents, labels) of a table; badly inverted images are dropped."""
+def image_digest(image: np.ndarray) -> bytes:
+  """A digest of one image's float32 pixels: equal exactly when `invert` sees equal targets."""
+  image = np.ascontiguousarray(image, np.float32)
+  return hashlib.blake2b(repr(image.shape).encode() + image.tobytes(), digest_size=16).digest()
+
+
+class RunLatents:
+  """The latents of a run's image sets, each distinct image inverted once.
+
+  With an encoder, each call encodes its images. Without one, a call inverts
+  only the images no earlier call (or `remember`) has seen, by their pixels'
+  digest, each distinct image once, and gives every image the latent and pixel
+  error its one inversion found; an image that is both explained and in an
+  attribute table is inverted once. The new images of a call are inverted
+  together in the order given, with the run's options, so where no image
+  appears twice the calls invert exactly what separate `latents_of` calls would.
+
+  Attributes:
+    inverted: how many images were inverted so far.
+  """
+
+  def __init__(self, config, parts: _sources.GeneratorParts, contract: Contract, progress, log):
+    self._config, self._parts, self._contract = config, parts, contract
+    self._progress, self._log = progress, log
+    self._found: dict[bytes, tuple[np.ndarray, np.floating]] = {}
+    self.inverted = 0
+
+  def remember(self, images: np.ndarray, z: np.ndarray, errors: np.ndarray) -> None:
+    """Takes latents found beforehand, with their pixel errors, as these images' inversions."""
+    for image, latent, error in zip(images, z, errors):
+      self._found.setdefault(image_digest(image), (latent, error))
+
+  def __call__(self, images: np.ndarray, what: str):
+    """(z (n, d), errors (n,) or None for an encoder) of `images` (n, H, W, C)."""
+    if self._parts.encode is not None:
+      return latents_of(self._config, self._parts, self._contract, images, what, self._progress,
+                        self._log)
+    keys = [image_digest(image) for image in images]
+    new = {}  # digest -> row of its first occurrence among the unseen
+    for row, key in enumerate(keys):
+      if key not in self._found:
+        new.setdefault(key, row)
+    if len(new) < len(keys):
+      self._log(f"{len(keys) - len(new)} of {len(keys)} {what} take the latent of an image "
+                "inverted once for the run")
+    if new:
+      rows = np.fromiter(new.values(), np.int64, len(new))
+      z, errors = latents_of(self._config, self._parts, self._contract, images[rows], what,
+                             self._progress, self._log)
+      self.inverted += len(rows)
+      for key, latent, error in zip(new, z, errors):
+        self._found[key] = (latent, error)
+    if not keys:
+      return (np.zeros((0, self._contract.latent_dim), np.float32), np.zeros((0,), np.float32))
+    z, errors = zip(*(self._found[key] for key in keys))
+    return np.stack(z), np.asarray(errors)
+
+
+def table_latents(config, latents: RunLatents, table: AttributeTable):
+  """(latents, labels, how many were dropped) of a table; badly inverted images are dropped."""
   if table.latents is not None:
     return table.latents, table.values, 0
-  z, errors = latents_of(config, parts, contract, table.images, f"images of {table.name}",
-                          progress, log)
+  z, errors = latents(table.images, f"images of {table.name}")
   if errors is None:
     return z, table.values, 0
   bad, _ = badly_inverted(config, errors)
