@@ -235,6 +235,62 @@ def _pool_specs():
               iterations=P(DATA_AXIS), outputs=P(DATA_AXIS))
 
 
+def remaining_seconds(queued: int, busy_steps, mean_steps: float, width: int,
+                      seconds_per_iteration: float) -> float:
+  """Seconds until the loop has run `queued` more latents and those in the pool.
+
+  Latents stop in bursts (a whole pool that started together stops together),
+  so a rate of latents finished per second swings from zero to bursts; the
+  loop's iterations, though, advance steadily. Each latent is taken to need
+  `mean_steps` steps (the mean of those that stopped so far), a busy one
+  `mean_steps` less what it took already but at least one more: the pool does
+  `width` latents' steps an iteration, and the slowest latent still to run,
+  the loop's tail, needs its own steps however wide the pool is.
+
+  Args:
+    queued: latents not yet in the pool.
+    busy_steps: (b,) steps taken so far by the latents in the pool.
+    mean_steps: steps a latent takes, on average.
+    width: the pool's slots (over all devices).
+    seconds_per_iteration: the loop's recent time per iteration.
+
+  Returns:
+    The estimate in seconds: iterations left times `seconds_per_iteration`.
+  """
+  busy_left = np.maximum(mean_steps - np.asarray(busy_steps, np.float64), 1.0)
+  work = queued * mean_steps + float(np.sum(busy_left))
+  tail = mean_steps if queued else float(np.max(busy_left, initial=0.0))
+  return max(work / max(width, 1), tail) * seconds_per_iteration
+
+
+def _eta_text(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+def _progress_estimate(progress, pool: Pool, hyper, occupied, queued: int, slots: int,
+                       per_iteration: float | None) -> str:
+  """", ~M:SS left" for the bar's unfinished latents, or "" before there is a rate."""
+  if per_iteration is None:
+    return ""
+  stopped = np.asarray(pool.outputs.status) != EMPTY
+  if stopped.any():
+    mean_steps = float(np.mean(np.asarray(pool.outputs.steps)[stopped]))
+  elif getattr(hyper, "max_steps", None) is not None:  # none stopped yet: at most max_steps
+    mean_steps = float(np.max(np.asarray(hyper.max_steps)))
+  else:
+    return ""
+  in_pool = int(occupied.sum())
+  total, done = getattr(progress, "total", None), getattr(progress, "n", None)
+  if isinstance(total, (int, float)) and isinstance(done, (int, float)):
+    # The bar may count more latents than this call runs (a run's later chunks).
+    queued = max(queued, int(total - done) - in_pool)
+  seconds = remaining_seconds(queued, np.asarray(pool.slots.steps)[occupied], mean_steps, slots,
+                              per_iteration)
+  return f", ~{_eta_text(seconds)} left"
+
+
 def _queue_length(per_device: int, pool_size: int) -> int:
   """Queue slots per device: pool_size times a power of two, so that a range of
   dataset sizes shares one compilation."""
@@ -278,6 +334,7 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
   source = np.minimum(order, n - 1)
   pad = lambda a: np.where(real.reshape((-1,) + (1,) * (a.ndim - 1)), a[source], 0).astype(a.dtype)
   n_valid = np.array([(n - k + devices - 1) // devices for k in range(devices)], np.int32)
+  n_valid_host = n_valid
   sharded = NamedSharding(mesh, P(DATA_AXIS))
   z_queue = jax.device_put(pad(np.asarray(z)), sharded)
   t_queue = jax.device_put(jax.tree_util.tree_map(lambda a: pad(np.asarray(a)), target), sharded)
@@ -294,6 +351,7 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
   width = pool_size
   slot_steps = 0  # slots times iterations run, over every width
   iterations_before = np.zeros(devices, np.int64)
+  segments, per_iteration = 0, None
   while True:
     stop_at = min(stop_at + segment, limit)
     started = time.perf_counter()
@@ -307,16 +365,25 @@ def run_continuous(problem, models, z, target, hyper, *, batch_size, mesh=None, 
     slot_steps += int(np.sum(advanced)) * width
     iterations_before = iterations
     occupied = np.asarray(pool.slot_index) >= 0
-    if segment_seconds is not None and ran:
-      per_iteration = (time.perf_counter() - started) / ran
-      segment = int(np.clip(segment_seconds / per_iteration, 1, 1 << 16))
+    if ran:
+      # The first segment also compiles: its time per iteration says nothing.
+      per_iteration = (time.perf_counter() - started) / ran if segments else None
+      if segment_seconds is not None and per_iteration is not None:
+        segment = int(np.clip(segment_seconds / per_iteration, 1, 1 << 16))
+    segments += 1
     if progress is not None:
-      finished = int(np.sum(np.minimum(np.asarray(pool.next_index), n_valid)) - occupied.sum())
-      if hasattr(progress, "set_postfix_str"):  # moves while no example has finished yet
-        progress.set_postfix_str(f"{int(occupied.sum())} running, iteration "
-                                 f"{int(iterations.max())}")
+      loaded = np.minimum(np.asarray(pool.next_index), n_valid_host)
+      finished = int(np.sum(loaded) - occupied.sum())
       progress.update(finished - reported)
       reported = finished
+      if hasattr(progress, "set_postfix_str"):  # moves while no example has finished yet
+        # tqdm's own estimate follows the rate of finished latents, which
+        # arrive in bursts; this one follows the loop's iterations.
+        eta = _progress_estimate(progress, pool, hyper, occupied,
+                                 int(np.sum(n_valid_host - loaded)), width * devices,
+                                 per_iteration)
+        progress.set_postfix_str(f"{int(occupied.sum())} running, iteration "
+                                 f"{int(iterations.max())}{eta}")
     if not occupied.any():
       break
     busy = occupied.reshape(devices, width).sum(axis=1)
