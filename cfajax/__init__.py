@@ -16,6 +16,8 @@ The dataset-wide explanation (the main job; also `cfajax explain`)
 Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
   AttackResult, Status
+  TrustRegion(grow, shrink, good, poor)   the default step rule: scale-free ascent along
+    the gradient (optimizer="ascent" is the paper's plain update)
   local_mesh(devices=None) -> Mesh      the device mesh the attack shards over
 
 Counterfactuals without a generator (DISC-style deep inversion)
@@ -78,8 +80,12 @@ Attribute probes (one logistic regression per attribute on latents)
 
 Attributions
   local_attributions(probes, z, z_cf) -> (n, A) phi = g(z') - g(z)
-  global_attributions(phi, original_prob, *, success, names, ...) -> GlobalAttributions
-  GlobalAttributions: .psi, .stderr, .ci_low, .ci_high, .ranking, .top(k), .to_dict()
+  global_attributions(phi, original_prob, *, success, names, refits=, ...) -> GlobalAttributions
+  GlobalAttributions: .psi, .stderr, .ci_low, .ci_high, .p_value, .p_adjusted, .significant,
+    .ranking, .top(k), .to_dict()
+  probe_refits(z_fit, attributes, z, z_cf, original_prob, *, num_permutations, num_bootstrap,
+               **probe_options) -> ProbeRefits(null, bootstrap)   psi with probes refitted
+    to permuted labels (each attribute's p-value) and to resampled tables (its interval)
 
 Counterfactual quality (the `cfajax.metrics` module)
   validity(result), proximity(cf, starts, ...), oracle_agreement(oracle, cf, target),
@@ -109,6 +115,8 @@ _EXPORTS = {
     "GlobalAttributions": "cfajax._attributions",
     "global_attributions": "cfajax._attributions",
     "local_attributions": "cfajax._attributions",
+    "ProbeRefits": "cfajax._significance",
+    "probe_refits": "cfajax._significance",
     "load_model": "cfajax._checkpoint",
     "read_checkpoint_info": "cfajax._checkpoint",
     "save_model": "cfajax._checkpoint",
@@ -152,6 +160,7 @@ _EXPORTS = {
     "Probes": "cfajax._probes",
     "fit_probes": "cfajax._probes",
     "local_mesh": "cfajax._scheduler",
+    "TrustRegion": "cfajax._steps",
     "evaluate_classifier": "cfajax._train",
     "evaluate_duq": "cfajax._train",
     "evaluate_gan": "cfajax._train",
@@ -193,6 +202,7 @@ __all__ = [
     # attack
     "AttackResult",
     "Status",
+    "TrustRegion",
     "counterfactual_attack",
     "local_mesh",
     # data-free counterfactuals
@@ -245,10 +255,12 @@ __all__ = [
     "split_dataset",
     # probes and attributions
     "GlobalAttributions",
+    "ProbeRefits",
     "Probes",
     "fit_probes",
     "global_attributions",
     "local_attributions",
+    "probe_refits",
     # counterfactual quality and saliency
     "metrics",
     "saliency",

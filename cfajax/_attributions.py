@@ -13,6 +13,12 @@ classifier,
 
 so `psi_a > 0` means that raising attribute `a` raises the classifier's
 (positive-class) probability.
+
+Whether a `psi_a` is more than a probe's noise is a separate question, which
+resampling the examples cannot answer (`_significance.py`): given probes
+refitted under a permutation null, `global_attributions` adds a p-value per
+attribute, Holm-adjusted across attributes, and given probes refitted on
+bootstrap resamples, an interval that covers the probes' variation too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ import numpy as np
 
 from cfajax._probes import Probes
 from cfajax._probes import check_names
+from cfajax._significance import ProbeRefits
+from cfajax._significance import holm
+from cfajax._significance import permutation_p_values
+
+# Adjusted p-values at or below this are called significant.
+DEFAULT_ALPHA = 0.05
 
 
 def local_attributions(probes: Probes, z, z_cf) -> jax.Array:
@@ -67,6 +79,15 @@ class GlobalAttributions:
     num_bootstrap: bootstrap resamples drawn.
     num_used: counterfactuals that entered `psi` (the successful ones).
     num_failed: counterfactuals left out because the attack failed.
+    interval: what the interval resamples: "examples" (the probes held
+      fixed), or "examples and probes" (each resample refits the probes on a
+      resample of their attribute table).
+    p_value: (A,) two-sided permutation p-value of each `psi` against probes
+      fitted to permuted labels; NaN without a null.
+    p_adjusted: (A,) Holm-adjusted `p_value` across the attributes.
+    num_permutations: permutations in the null (0: none).
+    alpha: level at which `p_adjusted` is called significant.
+    probe_auc: (A,) each probe's held-out ROC AUC (NaN if not measured).
   """
 
   names: tuple[str, ...]
@@ -78,11 +99,24 @@ class GlobalAttributions:
   num_bootstrap: int
   num_used: int
   num_failed: int
+  interval: str = "examples"
+  p_value: np.ndarray | None = None
+  p_adjusted: np.ndarray | None = None
+  num_permutations: int = 0
+  alpha: float = DEFAULT_ALPHA
+  probe_auc: np.ndarray | None = None
 
   @property
   def ranking(self) -> np.ndarray:
     """(A,) attribute indices by decreasing `|psi|` (ties in column order)."""
     return np.argsort(-np.abs(self.psi), kind="stable")
+
+  @property
+  def significant(self) -> np.ndarray | None:
+    """(A,) bool, `p_adjusted <= alpha`; None without a null."""
+    if self.p_adjusted is None:
+      return None
+    return self.p_adjusted <= self.alpha
 
   def top(self, k: int | None = None) -> list[tuple[str, float]]:
     """The `k` attributes of largest `|psi|` as `(name, psi)` pairs, largest first."""
@@ -90,18 +124,28 @@ class GlobalAttributions:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-ready dict (NaN becomes None), attributes in column order."""
-    clean = lambda v: None if not math.isfinite(v) else float(v)
+    clean = lambda v: None if v is None or not math.isfinite(v) else float(v)
+    at = lambda array, a: None if array is None else clean(array[a])
+    significant = self.significant
     return {
         "num_used": self.num_used,
         "num_failed": self.num_failed,
         "confidence": self.confidence,
         "num_bootstrap": self.num_bootstrap,
+        "interval": self.interval,
+        "num_permutations": self.num_permutations,
+        "alpha": self.alpha,
+        "correction": "holm" if self.p_value is not None else None,
         "ranking": [self.names[a] for a in self.ranking],
         "attributes": {
             name: {
                 "psi": clean(self.psi[a]),
                 "stderr": clean(self.stderr[a]),
                 "ci": [clean(self.ci_low[a]), clean(self.ci_high[a])],
+                "p_value": at(self.p_value, a),
+                "p_adjusted": at(self.p_adjusted, a),
+                "significant": None if significant is None else bool(significant[a]),
+                "probe_val_auc": at(self.probe_auc, a),
             }
             for a, name in enumerate(self.names)
         },
@@ -150,6 +194,9 @@ def global_attributions(
     num_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    refits: ProbeRefits | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    probe_auc=None,
 ) -> GlobalAttributions:
   """Signed mean of local attributions over the successful counterfactuals.
 
@@ -177,6 +224,14 @@ def global_attributions(
       skip it; the interval is then NaN).
     confidence: coverage of the percentile interval, in (0, 1).
     seed: seed of the bootstrap.
+    refits: `psi` with refitted probes (`probe_refits`, called with the same
+      counterfactuals and success): its `null` gives each attribute a
+      permutation p-value, Holm-adjusted across attributes; its `bootstrap`,
+      resamples of examples and probes together, replaces the
+      examples-only interval (then `num_bootstrap` is its count).
+    alpha: level at which an adjusted p-value is called significant.
+    probe_auc: (A,) the probes' held-out AUC (`Probes.val_auc`), reported
+      beside each attribute.
 
   Returns:
     A `GlobalAttributions`.
@@ -218,16 +273,39 @@ def global_attributions(
   if not np.all(np.isfinite(signed)):
     raise ValueError("phi holds NaN or inf among the successful counterfactuals")
 
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+  refits = refits or ProbeRefits(None, None)
+  for name, replicates in refits._asdict().items():
+    if replicates is not None and (np.ndim(replicates) != 2
+                                   or np.shape(replicates)[1] != num_attributes):
+      raise ValueError(f"refits.{name} must be (R, {num_attributes}); got "
+                       f"{np.shape(replicates)}")
+  if probe_auc is not None:
+    probe_auc = np.asarray(probe_auc, np.float64)
+    if probe_auc.shape != (num_attributes,):
+      raise ValueError(f"probe_auc must be ({num_attributes},); got {probe_auc.shape}")
+
   psi = signed.mean(axis=0)
   stderr = (signed.std(axis=0, ddof=1) / math.sqrt(m) if m > 1
             else np.full(num_attributes, np.nan))
-  if num_bootstrap:
+  tail = 100 * (1 - confidence) / 2
+  interval = "examples"
+  if refits.bootstrap is not None:
+    ci_low, ci_high = np.nanpercentile(refits.bootstrap, [tail, 100 - tail], axis=0)
+    num_bootstrap, interval = len(refits.bootstrap), "examples and probes"
+  elif num_bootstrap:
     means = bootstrap_means(signed, int(num_bootstrap), seed)
-    tail = 100 * (1 - confidence) / 2
     ci_low, ci_high = np.percentile(means, [tail, 100 - tail], axis=0)
   else:
     ci_low = ci_high = np.full(num_attributes, np.nan)
+  p_value = p_adjusted = None
+  if refits.null is not None:
+    p_value = permutation_p_values(psi, refits.null)
+    p_adjusted = holm(p_value)
   return GlobalAttributions(
       names=names, psi=psi, stderr=stderr, ci_low=ci_low, ci_high=ci_high,
       confidence=float(confidence), num_bootstrap=int(num_bootstrap), num_used=m,
-      num_failed=n - m)
+      num_failed=n - m, interval=interval, p_value=p_value, p_adjusted=p_adjusted,
+      num_permutations=0 if refits.null is None else len(refits.null), alpha=float(alpha),
+      probe_auc=probe_auc)

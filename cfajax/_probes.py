@@ -278,15 +278,72 @@ def check_names(names, num_attributes: int) -> tuple[str, ...]:
   return names
 
 
-def class_sample_weights(y: np.ndarray, class_weight) -> np.ndarray:
-  """(n, A) sample weights: ones, or scikit-learn's "balanced" n / (2 count_c)."""
+def class_sample_weights(y: np.ndarray, class_weight, counts=None) -> np.ndarray:
+  """(n, A) sample weights: ones, or scikit-learn's "balanced" n / (2 count_c).
+
+  With `counts`, (n,) row multiplicities, n and the class counts are the
+  weighted ones (as scikit-learn computes them for a resample's repeated rows).
+  """
   if class_weight is None:
     return np.ones_like(y)
   if class_weight != "balanced":
     raise ValueError(f"class_weight must be None or 'balanced'; got {class_weight!r}")
-  positives = y.sum(axis=0)
-  n = y.shape[0]
-  return np.where(y == 1, n / (2.0 * positives), n / (2.0 * (n - positives)))
+  counts = np.ones(len(y)) if counts is None else counts
+  positives = counts @ y
+  n = counts.sum()
+  with np.errstate(divide="ignore"):
+    return np.where(y == 1, n / (2.0 * positives), n / (2.0 * (n - positives)))
+
+
+class FitProblem(NamedTuple):
+  """The latents as every probe is fitted on them.
+
+  Attributes:
+    x: (n, d) standardised and centred latents, float32 (float64 under x64).
+    mean, scale: (d,) float64 standardisation (0 and 1 without it).
+    center: (d,) float64 mean of the standardised latents, removed from `x`.
+  """
+
+  x: jax.Array
+  mean: np.ndarray
+  scale: np.ndarray
+  center: np.ndarray
+
+
+def fit_problem(z_fit: np.ndarray, standardize: bool) -> FitProblem:
+  """Standardises (optionally) and centres the fitting latents (see the module's doc)."""
+  z64 = np.asarray(z_fit, np.float64)
+  d = z64.shape[1]
+  if standardize:
+    mean = z64.mean(axis=0)
+    scale = z64.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+  else:
+    mean, scale = np.zeros(d), np.ones(d)
+  x = (z64 - mean) / scale
+  center = x.mean(axis=0)
+  dtype = jax.dtypes.canonicalize_dtype(np.promote_types(np.asarray(z_fit).dtype, np.float32))
+  return FitProblem(jnp.asarray(x - center, dtype), mean, scale, center)
+
+
+def normalized_weights(y: np.ndarray, class_weight, C: float, counts=None):
+  """Sample weights summing to one per attribute, and each attribute's penalty.
+
+  Args:
+    y: (n, A) labels in {0, 1}.
+    class_weight: None or "balanced" (scikit-learn's, computed on the
+      weighted data).
+    C: inverse regularisation strength.
+    counts: (n,) multiplicity of each row (a bootstrap resample); default ones.
+
+  Returns:
+    `(weight, penalty)`: (n, A) float64 weights with columns summing to one,
+    and (A,) `1 / (C * sum_i s_i)`.
+  """
+  counts = np.ones(len(y)) if counts is None else np.asarray(counts, np.float64)
+  weight = counts[:, None] * class_sample_weights(y, class_weight, counts)
+  total = weight.sum(axis=0)
+  return weight / total, 1.0 / (C * total)
 
 
 def _split(z, y, validation, validation_fraction, seed):
@@ -404,25 +461,14 @@ def fit_probes(
         f"attribute {names[a]!r} (column {a}) has only class {int(y_fit[0, a])} among the "
         f"{y_fit.shape[0]} fitting latents; a probe needs both classes")
 
-  z64 = z_fit.astype(np.float64)
-  d = z64.shape[1]
-  if standardize:
-    mean = z64.mean(axis=0)
-    scale = z64.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-  else:
-    mean, scale = np.zeros(d), np.ones(d)
-  x = (z64 - mean) / scale
-  center = x.mean(axis=0)
-
-  weight = class_sample_weights(y_fit, class_weight)
-  total = weight.sum(axis=0)
-  dtype = jax.dtypes.canonicalize_dtype(np.promote_types(z_fit.dtype, np.float32))  # f32 unless x64
+  problem = fit_problem(z_fit, standardize)
+  weight, penalty = normalized_weights(y_fit, class_weight, C)
+  dtype = problem.x.dtype
   result = _fit_all(
-      jnp.asarray(x - center, dtype), jnp.asarray(y_fit.T, dtype),
-      jnp.asarray((weight / total).T, dtype), jnp.asarray(1.0 / (C * total), dtype),
-      jnp.asarray(tol, dtype), jnp.asarray(max_iter, jnp.int32),
+      problem.x, jnp.asarray(y_fit.T, dtype), jnp.asarray(weight.T, dtype),
+      jnp.asarray(penalty, dtype), jnp.asarray(tol, dtype), jnp.asarray(max_iter, jnp.int32),
       batch_size=min(int(attribute_batch_size), y.shape[1]))
+  mean, scale, center = problem.mean, problem.scale, problem.center
 
   coef = result.coef
   intercept = result.intercept - coef @ jnp.asarray(center, dtype)
