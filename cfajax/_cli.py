@@ -25,7 +25,8 @@ EXPLAIN_HELP = {
                   "(a preset's default: OUT/models/classifier, trained if absent)",
     "images": "your images to explain: a folder of image files, or tfds:NAME[:SPLIT]",
     "attributes": "your attribute CSV for the probes: a header (file, names...) and one row "
-                  "per image file, values 0/1",
+                  "per image file, values 0/1; the file paths are relative to the CSV's "
+                  "folder",
     "classes": "for a multi-class classifier, the pair explained, e.g. 4,9 (the second is "
                "the positive side)",
     "target_attribute": "CelebA attribute predicted by the binary classifier",
@@ -50,11 +51,13 @@ EXPLAIN_HELP = {
     "threshold": "stop an attack when the target's probability reaches this, in (0, 1); 0.9 "
                  "rather than the boundary 0.5, so that counterfactuals are convincing (an "
                  "independent oracle agreed with 97.5%% of them on the digits, 69%% at 0.5)",
-    "step_size": "learning rate of plain gradient ascent",
+    "step_size": "trust-region: the first step's longest length in latent units (it then "
+                 "adapts); ascent: the learning rate of plain gradient ascent",
     "max_steps": "most updates per attack",
     "objective": "what is ascended: logit (the target's log-odds), prob (its probability, the "
                  "paper's) or log_prob",
-    "optimizer": "ascent (plain gradient ascent, the paper's) or adam",
+    "optimizer": "trust-region (scale-free steps along the gradient: flat or sharp logits "
+                 "alike), ascent (plain gradient ascent, the paper's update) or adam",
     "learning_rate": "Adam's learning rate (with --optimizer adam)",
     "precision": "float32, or bfloat16 for the models' arithmetic",
     "pool_size": "latents on the device at once",
@@ -82,6 +85,12 @@ EXPLAIN_HELP = {
     "probe_standardize": "standardise latents before the probes",
     "probe_validation_fraction": "part of the attribute table held out to check the probes",
     "num_bootstrap": "bootstrap resamples for psi's confidence intervals",
+    "probe_bootstrap": "refit the probes on a resample of the attribute table in each "
+                       "bootstrap resample, so the interval covers the probes' variation too",
+    "num_permutations": "probes refitted to permuted labels: each attribute's p-value is "
+                        "against them (0: no p-values)",
+    "exclude_started_at_target": "leave out of psi the attacks that start at the target "
+                                 "(G(z) already past the threshold; their phi is 0)",
     "num_figure_examples": "counterfactuals shown in counterfactuals.png",
     "seed": "seed of training, splits, inversion starts and the bootstrap",
 }
@@ -141,11 +150,21 @@ def _run_explain(args) -> int:
   if psi is None:
     print("no counterfactual reached its target: no global attributions")
     return 1
-  print("top global attributions (psi, 95% interval):")
+  print(f"top global attributions (psi, 95% interval over {psi['interval']}"
+        + (f"; Holm-adjusted p against {psi['num_permutations']} permuted-label probes"
+           if psi["num_permutations"] else "") + "; probe's held-out AUC):")
   for name in psi["ranking"][:8]:
     row = psi["attributes"][name]
     low, high = row["ci"]
-    print(f"  {name:>24s}  {row['psi']:+.3f}  [{low:+.3f}, {high:+.3f}]")
+    auc = "   —" if row["probe_val_auc"] is None else f"{row['probe_val_auc']:.2f}"
+    test = ""
+    if row["p_adjusted"] is not None:
+      test = (f"  p={row['p_adjusted']:.3g}" + ("" if row["significant"]
+                                                 else "  not distinguishable from noise"))
+    print(f"  {name:>24s}  {row['psi']:+.3f}  [{low:+.3f}, {high:+.3f}]  AUC {auc}{test}")
+  if summary.get("warnings"):
+    print(f"{len(summary['warnings'])} warning(s), kept in summary.json: "
+          + " | ".join(w.split(":")[0] for w in summary["warnings"]))
   print(f"written to {summary['config']['out']}/: summary.json, examples.npz, counterfactuals.png, "
         "global_attributions.png")
   return 0

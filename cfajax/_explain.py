@@ -60,7 +60,9 @@ from cfajax._explain_config import check_option_names
 from cfajax._explain_config import with_quick_defaults
 from cfajax._loop import Status
 from cfajax._probes import fit_probes
+from cfajax._significance import probe_refits
 from cfajax._task import DecisionTask
+from cfajax._task import check_logits
 
 # -- the run folder ----------------------------------------------------------------
 
@@ -166,7 +168,7 @@ def _attack_options(config: ExplainConfig) -> dict[str, Any]:
   if config.optimizer == "adam":
     options.update(optimizer="adam", step_size=config.learning_rate)
   else:
-    options["step_size"] = config.step_size
+    options.update(optimizer=config.optimizer, step_size=config.step_size)
   return options
 
 
@@ -201,6 +203,41 @@ def _image_attack(config, options, classifier, image_shape, manifold):
         result.steps, result.status, result.initial_prob, result.final_prob)))
 
   return attack
+
+
+class _Decision(NamedTuple):
+  """The classifier's outputs on every image, and the examples whose decision is explained."""
+
+  logits: np.ndarray  # (n, K) on every image
+  task: DecisionTask
+  selected: np.ndarray  # (m,) rows predicted on one side of the decision
+
+
+def _decision(config: ExplainConfig, inputs, num_logits: int) -> _Decision:
+  """Runs the classifier over the images and checks what it says, before any writing.
+
+  Raises:
+    ValueError: outputs that are not logits (`check_logits`), classes the
+      classifier does not have, or classes that no image is predicted as.
+  """
+  logits = apply_batched(inputs.classifier, inputs.data.images)
+  check_logits(logits, config.threshold)
+  task = DecisionTask(num_logits, config.classes, name=inputs.decision)
+  selected = np.flatnonzero(task.selected(logits))
+  if selected.size == 0:
+    predicted = np.bincount(np.argmax(logits, axis=1), minlength=logits.shape[1])
+    common = ", ".join(f"{c} ({predicted[c]})" for c in np.argsort(-predicted)[:3] if predicted[c])
+    raise ValueError(f"no image of {inputs.data.name} is predicted as one of the classes "
+                     f"{tuple(config.classes)}; the classifier predicts mostly {common}: choose "
+                     "--classes among those")
+  return _Decision(logits, task, selected)
+
+
+# Below this share of real images at the threshold, a run warns that the
+# attack's targets are out of the classifier's range.
+MIN_REAL_AT_THRESHOLD = 0.05
+# Fewer explained examples than this, and the summary says psi is weak.
+MIN_EXAMPLES = 30
 
 
 def _probe_report(probes, a_train, a_test) -> dict[str, dict[str, float]]:
@@ -238,13 +275,13 @@ MAX_ONE_SIDE = 0.95
 
 
 def _warn_if_one_sided(task: DecisionTask, logits: np.ndarray, log) -> None:
-  """Warns when the classifier puts (nearly) every example on one side."""
+  """Warns (through `log`) when the classifier puts (nearly) every example on one side."""
   positive = task.positive_prob(logits) >= 0.5
   share = float(np.mean(positive)) if len(positive) else 0.5
   side = max(share, 1 - share)
   if len(positive) >= 20 and side >= MAX_ONE_SIDE:
     which = task.side_name(share >= 0.5)
-    log(f"warning: the classifier puts {side:.1%} of the {len(positive)} examples on one side "
+    log(f"the classifier puts {side:.1%} of the {len(positive)} examples on one side "
         f"({which}): ψ then describes almost only one direction of the decision; a classifier "
         "trained too briefly often does this")
 
@@ -333,6 +370,9 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
     raise ValueError(f"latents are for images you pass; the preset {config.dataset!r} encodes "
                      "its own")
   objects["latents"] = latents
+  decision = None
+  if inputs is not None:
+    decision = _decision(config, inputs, contract.num_logits)
   os.makedirs(config.out, exist_ok=True)
   lock = _runfolder.FolderLock(config.out) if leader else contextlib.nullcontext()
   with lock:
@@ -342,7 +382,8 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
                                              if previous and k in previous}}
     if leader:
       _runfolder.write_run(config.out, record)  # valid options only: a rerun is never blocked
-    summary = _explain(config, inputs, objects, record, previous, progress, leader, log)
+    summary = _explain(config, inputs, decision, objects, record, previous, progress, leader,
+                       log)
     _sync("cfajax-explain-done")
     if leader:
       chunks = -(-summary["num_examples"] // summary["chunk_size"])
@@ -353,10 +394,18 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   return summary
 
 
-def _explain(config, inputs, objects, record, previous, progress, leader, log):
+def _explain(config, inputs, decision, objects, record, previous, progress, leader, log):
   """The stages of `explain`, in a folder already checked and locked.
 
-  `inputs` are the user's, already read; None for a preset's."""
+  `inputs` are the user's, already read, and `decision` the classifier's
+  outputs on them; both None for a preset's."""
+  warnings = []
+  say = log
+
+  def warn(message):
+    warnings.append(message)
+    say(f"warning: {message}")
+
   timings = {}
   clock = time.perf_counter()
   bars = progress and leader
@@ -385,21 +434,25 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
     info.setdefault("source", info.get("checkpoint", "given"))
   _note_model_changes(previous, models, log)
 
-  logits = apply_batched(inputs.classifier, data.images)
-  task = DecisionTask(contract.num_logits, config.classes, name=inputs.decision)
-  selected = np.flatnonzero(task.selected(logits))
-  if selected.size == 0:
-    raise ValueError(f"no example of {data.name} is predicted as one of {config.classes}")
+  if decision is None:
+    decision = _decision(config, inputs, contract.num_logits)
+  logits, task, selected = decision
   candidates = int(selected.size)
-  _warn_if_one_sided(task, logits[selected], log)
+  outside = int(len(data.images) - candidates)
+  if outside:  # a preset's dataset holds every class; a folder of the user's, the pair
+    (warn if config.dataset is None else log)(f"{outside} of {len(data.images)} images are predicted as neither class of "
+         f"{tuple(config.classes)} and are not explained")
+  _warn_if_one_sided(task, logits[selected], warn)
   if config.limit:
     selected = selected[task.subset(logits[selected], config.limit, config.seed)]
   if objects["latents"] is not None:
     z, errors = objects["latents"]
     z, errors = z[selected], None if errors is None else errors[selected]
-  else:
-    z, errors = _inputs.latents_of(config, parts, contract, data.images[selected],
-                                   "images to explain", bars, log)
+  run_latents = _inputs.RunLatents(config, parts, contract, bars, log)
+  if objects["latents"] is None:
+    z, errors = run_latents(data.images[selected], "images to explain")
+  elif errors is not None:  # the tables' images among them are not inverted again
+    run_latents.remember(data.images[selected], z, errors)
   inversion = None
   if errors is not None:
     bad, threshold = _inputs.badly_inverted(config, errors)
@@ -407,13 +460,25 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
                  "max_error": threshold, "median_error": float(np.median(errors)),
                  "left_out_indices": selected[bad].tolist()[:100]}
     if bad.any():
-      log(f"left out {int(bad.sum())} of {len(errors)} images that the generator reproduces "
-          f"badly (pixel MSE > {threshold:.4g})")
+      warn(f"left out {int(bad.sum())} of {len(errors)} images that the generator reproduces "
+           f"badly (pixel MSE > {threshold:.4g})")
     selected, z = selected[~bad], z[~bad]
   logits = logits[selected]
   images = data.images[selected]
   original_prob = task.positive_prob(logits)
   target = task.target(logits)
+  real_at_threshold = None
+  if len(z):
+    own = task.own_class_prob(logits)
+    real_at_threshold = float(np.mean(own >= config.threshold))
+    if real_at_threshold < MIN_REAL_AT_THRESHOLD and config.attack == "latent":
+      warn(f"the classifier gives only {real_at_threshold:.1%} of the real images it explains "
+           f"their own class with probability >= {config.threshold}: its logits are flat, and "
+           "counterfactuals through a generator, whose images it rates like real ones, "
+           "will rarely reach the threshold ("
+           + (f"--threshold {np.floor(np.median(own) * 100) / 100:.2f}, the median image's, "
+              if np.median(own) > 0.5 else "")
+           + "a classifier trained longer, or logits not scaled down, would)")
   record["models"] = {k: {"source": v["source"], "digest": v["digest"]} for k, v in models.items()}
   record["examples"] = {"count": int(len(z)),
                         "sha256": _hashing.digest_arrays(selected, z, target)}
@@ -424,9 +489,8 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
   fit_table, check_table = inputs.attributes, inputs.validation
   if check_table is None:
     fit_table, check_table = fit_table.split(config.probe_validation_fraction, seed=config.seed)
-  z_fit, a_fit, dropped_fit = _inputs.table_latents(config, parts, contract, fit_table, bars, log)
-  z_check, a_check, dropped_check = _inputs.table_latents(config, parts, contract, check_table, bars,
-                                                   log)
+  z_fit, a_fit, dropped_fit = _inputs.table_latents(config, run_latents, fit_table)
+  z_check, a_check, dropped_check = _inputs.table_latents(config, run_latents, check_table)
   names = fit_table.names
   probes = fit_probes(z_fit, a_fit, C=config.probe_c, names=names,
                       class_weight=config.probe_class_weight,
@@ -483,20 +547,48 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
   # its NaN image (XLA's max, in a ReLU or a max pool, can turn NaN into 0).
   cf_prob[~np.all(np.isfinite(rows["z_cf"]), axis=1)] = np.nan
   phi = np.asarray(local_attributions(probes, z, z_cf))
+  # Attacks that start at the target: G(z) is already past the threshold, so z' = z, phi = 0.
+  at_target = success & (rows["steps"] == 0)
+  used = success & ~at_target if config.exclude_started_at_target else success
+  if at_target.any():
+    share = float(np.mean(at_target))
+    effect = ("left out of psi (exclude_started_at_target)" if config.exclude_started_at_target
+              else "counted in psi with phi = 0, which pulls psi toward 0 by that share "
+              "(exclude_started_at_target leaves them out)")
+    message = (f"{int(at_target.sum())} of {len(z)} attacks ({share:.1%}) started at the target: "
+               f"the generator's reconstruction G(z) is already past the threshold; {effect}")
+    (warn if share >= 0.05 else log)(message)
   psi = None
-  if success.any():
-    psi = global_attributions(phi, original_prob, success=success, names=names,
-                              num_bootstrap=config.num_bootstrap, seed=config.seed)
+  if used.any():
+    refits = None
+    if config.num_permutations or (config.probe_bootstrap and config.num_bootstrap):
+      refits = probe_refits(
+          z_fit, a_fit, z, z_cf, original_prob, success=used,
+          num_permutations=config.num_permutations,
+          num_bootstrap=config.num_bootstrap if config.probe_bootstrap else 0,
+          seed=config.seed, C=config.probe_c, class_weight=config.probe_class_weight,
+          standardize=config.probe_standardize, progress=bars)
+    psi = global_attributions(phi, original_prob, success=used, names=names,
+                              num_bootstrap=config.num_bootstrap, seed=config.seed,
+                              refits=refits, probe_auc=np.asarray(probes.val_auc))
+    if psi.num_used < MIN_EXAMPLES:
+      warn(f"psi averages only {psi.num_used} counterfactuals (fewer than {MIN_EXAMPLES}): its "
+           "intervals and p-values are rough, and a handful of images decide the ranking")
+    noise = [] if psi.significant is None else [
+        names[a] for a in psi.ranking[:5] if not psi.significant[a]]
+    if noise:
+      log(f"not distinguishable from probes fitted to permuted labels (Holm-adjusted p > "
+          f"{psi.alpha}): {', '.join(noise)} among the top five")
   else:
-    log(f"warning: none of the {len(z)} attacks reached the target; no global attributions "
-        "(try more --max-steps, a larger --step-size, or check the models)")
+    warn(f"none of the {len(z)} attacks reached the target; no global attributions "
+         "(try more --max-steps, a lower --threshold, or check the models)")
   lap("attributions")
 
   flipped = np.isfinite(cf_prob) & ((cf_prob >= 0.5) != (original_prob >= 0.5))
   decisions = (task.positive_prob(apply_batched(inputs.classifier, recon)) >= 0.5)
   agreement = float(np.mean(decisions == (original_prob >= 0.5))) if len(z) else None
   if agreement is not None and agreement < MIN_RECONSTRUCTION_AGREEMENT:
-    log(f"warning: the classifier decides {1 - agreement:.0%} of the generator's reconstructions "
+    warn(f"the classifier decides {1 - agreement:.0%} of the generator's reconstructions "
         "G(z) otherwise than the images themselves: counterfactuals start from G(z), so the "
         "generator, not only the attack, changes those decisions (a better generator, or "
         "more training, would help)")
@@ -508,6 +600,11 @@ def _explain(config, inputs, objects, record, previous, progress, leader, log):
       "num_candidates": candidates,
       "chunk_size": chunk_size,
       "num_resumed": int(resumed),
+      "num_outside_pair": outside,
+      "num_started_at_target": int(at_target.sum()),
+      "started_at_target_excluded": bool(config.exclude_started_at_target),
+      "real_at_threshold": real_at_threshold,
+      "warnings": warnings,
       "flip_rate": float(np.mean(success)) if len(z) else 0.0,
       "decision_flipped": float(np.mean(flipped)) if len(z) else 0.0,
       "status_counts": {s.name: int(np.sum(rows["status"] == s)) for s in Status},

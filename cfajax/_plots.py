@@ -120,14 +120,29 @@ def global_attribution_bars(path, attributions, *, top=12, title="",
   low = np.asarray(attributions.ci_low)[order]
   high = np.asarray(attributions.ci_high)[order]
   names = [attributions.names[i] for i in order]
-  fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(order) + 1.4))
+  significant = attributions.significant
+  fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(order) + 1.6))
   colors = np.where(psi >= 0, "#b2182b", "#2166ac")
-  ax.barh(np.arange(len(order)), psi, xerr=np.stack([psi - low, high - psi]), color=colors,
-          capsize=3, ecolor="black")
-  ax.set_yticks(np.arange(len(order)), names)
+  # Attributes whose psi probes fitted to permuted labels reach as often: pale, hatched.
+  noise = (np.zeros(len(order), bool) if significant is None
+           else ~np.asarray(significant)[order])
+  bars = ax.barh(np.arange(len(order)), psi, xerr=np.stack([psi - low, high - psi]),
+                 color=colors, capsize=3, ecolor="black")
+  for bar, pale in zip(bars, noise):
+    if pale:
+      bar.set_alpha(0.35)
+      bar.set_hatch("//")
+  auc = attributions.probe_auc
+  labels = [name if auc is None or not np.isfinite(auc[i]) else f"{name} (AUC {auc[i]:.2f})"
+            for name, i in zip(names, order)]
+  ax.set_yticks(np.arange(len(order)), labels)
   ax.axvline(0, color="black", linewidth=0.8)
   ax.set_xlabel("global attribution psi (mean change of probe probability toward "
-                f"{positive})", fontsize=8)
+                f"{positive})\n{attributions.confidence:.0%} interval over "
+                f"{attributions.interval}"
+                + ("; pale, hatched: not distinguishable from probes fitted to permuted "
+                   f"labels (Holm-adjusted p > {attributions.alpha})"
+                   if significant is not None else ""), fontsize=7)
   used = getattr(attributions, "num_used", None)
   ax.set_title(f"{title}" + (f"  (n={used} counterfactuals)" if used is not None else ""),
                fontsize=9)

@@ -8,7 +8,51 @@ other side of the decision.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+# Rows within this of summing to one, all in [0, 1], are taken for probabilities.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def check_logits(logits: np.ndarray, threshold: float) -> None:
+  """Refuses classifier outputs the attack cannot use, before any work.
+
+  Log-probabilities (log-softmax rows) are accepted: they are logits up to a
+  constant per row, which the softmax and the attack's log-odds ignore.
+
+  Raises:
+    ValueError: non-finite outputs; outputs that are softmax probabilities
+      (every row in [0, 1], summing to 1: as logits they cap the target's
+      probability far below any useful threshold); or a one-output
+      classifier whose every output lies in [0, 1] (sigmoid probabilities:
+      as a logit, p = sigmoid(output) never passes sigmoid(1) = 0.73, and
+      every image sits on the positive side).
+  """
+  logits = np.asarray(logits, np.float64)
+  bad = ~np.isfinite(logits)
+  if bad.any():
+    raise ValueError(f"the classifier gave {int(bad.any(axis=1).sum())} of {len(logits)} images "
+                     "NaN or infinite outputs; it must return finite logits")
+  if not len(logits):
+    return
+  unit = np.all((logits >= 0) & (logits <= 1))
+  if logits.shape[1] >= 2 and unit and np.all(
+      np.abs(logits.sum(axis=1) - 1) <= PROBABILITY_TOLERANCE):
+    cap = math.e / (math.e + logits.shape[1] - 1)
+    raise ValueError(
+        "the classifier's outputs look like probabilities (every row in [0, 1], summing to "
+        f"1), but the attack needs logits: read as logits they cap a class's probability at "
+        f"{cap:.2f}, below the threshold {threshold}. Pass the logits (drop the final "
+        "softmax), or wrap it: lambda x: jnp.log(classifier(x))")
+  if logits.shape[1] == 1 and unit:
+    raise ValueError(
+        "the classifier's one output lies in [0, 1] for every image: it looks like a "
+        "sigmoid probability, but the attack needs a logit (read as a logit it puts every "
+        f"image on the positive side and p never passes 0.73; threshold {threshold}). Pass "
+        "the logit (drop the final sigmoid), or wrap it: lambda x: jnp.log(p) - jnp.log1p(-p) "
+        "with p = classifier(x)")
 
 
 class DecisionTask:
@@ -29,6 +73,17 @@ class DecisionTask:
       return 1 / (1 + np.exp(-logits[:, 0]))
     a, b = self.classes
     return 1 / (1 + np.exp(logits[:, a] - logits[:, b]))
+
+  def own_class_prob(self, logits: np.ndarray) -> np.ndarray:
+    """(n,) the probability the classifier gives the class it predicts (for a binary
+    classifier, the side it predicts): the attack's target probability, measured on
+    the images themselves."""
+    logits = np.asarray(logits, np.float64)
+    if self.binary:
+      p = self.positive_prob(logits)
+      return np.maximum(p, 1 - p)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted.max(axis=1) / shifted.sum(axis=1)
 
   def selected(self, logits: np.ndarray) -> np.ndarray:
     """(n,) bool: the examples whose decision is explained."""

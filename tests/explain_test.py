@@ -28,7 +28,7 @@ def small_run(tmp_path_factory):
   config = ExplainConfig(
       out=out, latent_dim=4, vae_widths=(8, 16), classifier_widths=(8, 16), vae_epochs=30,
       classifier_epochs=15, train_batch_size=32, max_steps=200, step_size=0.5,
-      chunk_size=64, pool_size=32, num_bootstrap=100, explain_split="test")
+      chunk_size=64, pool_size=32, num_bootstrap=100, num_permutations=40, explain_split="test")
   summary = cfajax.explain(config, progress=False, log=None)
   return config, summary
 

@@ -72,7 +72,7 @@ def test_explain_with_a_gan_inverts_the_images(trained, tmp_path):
   summary = cfajax.explain(generator=str(trained), explain_split="test",
                            out=str(tmp_path / "run"), classifier_epochs=5, max_steps=50,
                            inversion_starts=2, inversion_steps=30, num_bootstrap=50,
-                           progress=False, log=None)
+                           num_permutations=40, progress=False, log=None)
   inversion = summary["inversion"]
   assert inversion["images"] == summary["num_examples"] + inversion["left_out"]
   assert np.isfinite(inversion["median_error"])

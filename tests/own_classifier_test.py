@@ -73,7 +73,8 @@ def user_files(tmp_path_factory):
 
 
 OPTIONS = dict(classes=(4, 9), threshold=0.6, step_size=0.5, max_steps=200, pool_size=64,
-               chunk_size=10_000, num_bootstrap=200, progress=False, log=None)
+               chunk_size=10_000, num_bootstrap=200, num_permutations=40, progress=False,
+               log=None)
 
 
 def test_the_pipeline_gives_the_psi_of_the_pieces_assembled_by_hand(user_files, tmp_path):
