@@ -37,10 +37,10 @@ def test_without_priors_it_is_the_pixel_attack():
   rng = np.random.default_rng(1)
   classify = linear_binary(rng.normal(size=PIXELS) * 0.05, -1.0)
   x = mid_range_images(6)
-  options = dict(threshold=0.8, step_size=0.01, max_steps=40, optimizer=None)
-  pixel = metrics.pixel_attack(classify, x, 1, **options)
+  options = dict(threshold=0.8, step_size=0.01, max_steps=40)
+  pixel = metrics.pixel_attack(classify, x, 1, optimizer="ascent", **options)
   free = cfajax.data_free_attack(classify, x, 1, prior="pixels", progressive=False, **NONE,
-                                 **options)
+                                 optimizer=None, **options)
   np.testing.assert_array_equal(free.steps, pixel.steps)
   np.testing.assert_array_equal(free.status, pixel.status)
   steps = int(np.max(free.steps))
