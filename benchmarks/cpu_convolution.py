@@ -90,10 +90,9 @@ def main(argv=None) -> None:
                       help="print the table of the record at --out, running nothing")
   args = parser.parse_args(argv)
   if args.report:
-    with open(args.out) as f:
-      table = report_table(json.load(f))
-    print(f"<!-- report: benchmarks/cpu_convolution.py --report --out {args.out}: "
-          f"convolutions -->\n{table}\n<!-- /report -->")
+    import timing
+    timing.print_record_report(f"benchmarks/cpu_convolution.py --report --out {args.out}",
+                               "convolutions", args.out, report_table)
     return
   batches = args.batches
 

@@ -24,7 +24,6 @@ prints the table of benchmarks/RESULTS.md from the record at --out, running noth
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -49,10 +48,8 @@ def main(argv=None):
                       help="print the table of the record at --out, running nothing")
   args = parser.parse_args(argv)
   if args.report:
-    with open(args.out) as f:
-      table = report_table(json.load(f))
-    print(f"<!-- report: benchmarks/data_free_throughput.py --report: attacks -->\n{table}\n"
-          "<!-- /report -->")
+    timing.print_record_report("benchmarks/data_free_throughput.py --report", "attacks", args.out,
+                               report_table)
     return
   runs = Path(args.runs)
   vae, classifier, duq = (cfajax.load_model(runs / n) for n in ("vae", "classifier", "duq"))

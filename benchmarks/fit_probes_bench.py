@@ -18,11 +18,9 @@ of benchmarks/RESULTS.md, "Probes against scikit-learn", from the record at
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -51,8 +49,7 @@ def main(argv=None):
   if args.report:
     path = args.out or RECORD
     command = "benchmarks/fit_probes_bench.py --report" + (f" --out {path}" if args.out else "")
-    print(f"<!-- report: {command}: probes -->\n"
-          f"{report_table(json.loads(Path(path).read_text()))}\n<!-- /report -->")
+    timing.print_record_report(command, "probes", path, report_table)
     return
   # The 1-minute load average says whether other work shared the cores.
   record = {"device": timing.device_description(), "date": datetime.date.today().isoformat(),

@@ -21,11 +21,9 @@ of benchmarks/RESULTS.md, "Inversion of MNIST digits", from the record at
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -65,8 +63,7 @@ def main(argv=None):
   if args.report:
     path = args.out or RECORD
     command = "benchmarks/inversion_bench.py --report" + (f" --out {path}" if args.out else "")
-    print(f"<!-- report: {command}: inversion -->\n"
-          f"{report_table(json.loads(Path(path).read_text()))}\n<!-- /report -->")
+    timing.print_record_report(command, "inversion", path, report_table)
     return
   record = {"device": timing.device_description(), "date": datetime.date.today().isoformat(),
             "command": " ".join(sys.argv), "load_average_before": os.getloadavg()[0]}

@@ -112,3 +112,11 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
   print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
   for r in cells:
     print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def print_record_report(command: str, name: str, path, report_table: Callable[[dict], str]) -> None:
+  """Prints `report_table` of the JSON record at `path` between the markers that hold it in
+  benchmarks/RESULTS.md (tests/results_tables_test.py checks the two agree)."""
+  with open(path) as f:
+    table = report_table(json.load(f))
+  print(f"<!-- report: {command}: {name} -->\n{table}\n<!-- /report -->")

@@ -22,7 +22,6 @@ the record at --out, running nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -52,10 +51,8 @@ def main(argv=None):
                       help="print the table of the record at --out, running nothing")
   args = parser.parse_args(argv)
   if args.report:
-    with open(args.out) as f:
-      table = report_table(json.load(f))
-    print(f"<!-- report: benchmarks/translator_throughput.py --report: methods -->\n{table}\n"
-          "<!-- /report -->")
+    timing.print_record_report("benchmarks/translator_throughput.py --report", "methods",
+                               args.out, report_table)
     return
   runs = Path(args.runs)
   vae, classifier, oracle = (cfajax.load_model(runs / n) for n in ("vae", "classifier", "oracle"))

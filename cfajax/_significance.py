@@ -36,7 +36,6 @@ not its p-value, says how large that can be.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax

@@ -1,6 +1,5 @@
 """Tests of psi's calibration: probes refitted under a permutation null and a bootstrap."""
 
-import jax
 import numpy as np
 import pytest
 
