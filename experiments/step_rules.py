@@ -3,7 +3,7 @@
 Run from the repository root:
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=.:experiments python experiments/step_rules.py \\
-        [--data-dir ../shared/data]
+        [--data-dir ../shared/data/mnist --limit 600]
 
 For the embedded digits (and MNIST with `--data-dir`), it trains a VAE, an
 oracle (another architecture and seed, other images) and classifiers for a
@@ -20,8 +20,9 @@ travelled, and how many of the real images the classifier calls the target
 reach the threshold themselves (where none do, the decoder's images rarely
 can: its range bounds the logits). Digits: every image predicted 4 or 9 (both splits; 5 minutes on 2
 CPU cores, models included); MNIST: the first `--limit` test digits predicted
-4 or 9 (about an hour on 2 cores, most of it plain ascent and Adam failing
-slowly on the flat classifier). Writes experiments/results/step_rules.json;
+4 or 9 (with `--limit 600`, about 40 minutes on 2 shared cores after about an
+hour of training, most of it the 500 steps of every rule on the flat
+classifier). Writes experiments/results/step_rules.json;
 `--report` prints its table.
 """
 
