@@ -400,11 +400,10 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
   `inputs` are the user's, already read, and `decision` the classifier's
   outputs on them; both None for a preset's."""
   warnings = []
-  say = log
 
   def warn(message):
     warnings.append(message)
-    say(f"warning: {message}")
+    log(f"warning: {message}")
 
   timings = {}
   clock = time.perf_counter()
@@ -440,8 +439,9 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
   candidates = int(selected.size)
   outside = int(len(data.images) - candidates)
   if outside:  # a preset's dataset holds every class; a folder of the user's, the pair
-    (warn if config.dataset is None else log)(f"{outside} of {len(data.images)} images are predicted as neither class of "
-         f"{tuple(config.classes)} and are not explained")
+    (warn if config.dataset is None else log)(
+        f"{outside} of {len(data.images)} images are predicted as neither class of "
+        f"{tuple(config.classes)} and are not explained")
   _warn_if_one_sided(task, logits[selected], warn)
   if config.limit:
     selected = selected[task.subset(logits[selected], config.limit, config.seed)]
