@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from cfajax import _checks
-from cfajax import _scheduler
+from cfajax import _driver
 from cfajax._callables import as_pure_callable
 from cfajax._loop import PRECISIONS
 from cfajax._loop import AttackConfig
@@ -29,7 +29,6 @@ from cfajax._steps import PLAIN_ASCENT
 from cfajax._steps import OptaxStep
 from cfajax._steps import TrustRegion
 
-SCHEDULES = ("continuous", "static")
 DEFAULT_STEP_SIZE = 0.1
 DEFAULT_MAX_STEPS = 500
 DEFAULT_BATCH_SIZE = 4096
@@ -198,13 +197,6 @@ def _warn_about_constants(name: str, fn, example, precision: str) -> None:
         "jax.tree_util.Partial(apply_fn, params).", stacklevel=3)
 
 
-def _empty_result(d: int, dtype) -> AttackResult:
-  return AttackResult(
-      z=jnp.zeros((0, d), dtype), target=jnp.zeros((0,), jnp.int32),
-      steps=jnp.zeros((0,), jnp.int32), status=jnp.zeros((0,), jnp.int32),
-      initial_prob=jnp.zeros((0,), jnp.float32), final_prob=jnp.zeros((0,), jnp.float32))
-
-
 def counterfactual_attack(
     decode: Callable,
     classify: Callable,
@@ -296,16 +288,8 @@ def counterfactual_attack(
     >>> counterfactuals = vae.decode(result.z[result.success])
   """
   config, step_size = make_config(objective, optimizer, step_size, precision)
-  _checks.choice("schedule", schedule, SCHEDULES)
   z = _checks.latents(z)
-  batch_size = _checks.integer("batch_size", batch_size, low=1)
-  if schedule == "continuous":
-    mesh = _scheduler.local_mesh() if mesh is None else mesh
-    if batch_size < mesh.devices.size:
-      raise ValueError(
-          f"batch_size ({batch_size}) is smaller than the {mesh.devices.size} devices the "
-          f"continuous schedule splits its pool over; pass batch_size >= "
-          f"{mesh.devices.size}, or a smaller mesh (cfajax.local_mesh(devices))")
+  batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   decode, classify = as_pure_callable(decode), as_pure_callable(classify)
   signature = check_models(decode, classify, z.shape[1], z.dtype)
   target = check_targets(target, z.shape[0], signature.num_logits)
@@ -315,27 +299,7 @@ def counterfactual_attack(
                           precision)
     _warn_about_constants("classify", classify,
                           jax.ShapeDtypeStruct((2, *signature.image_shape), precision), precision)
-  if z.shape[0] == 0:
-    empty = _empty_result(z.shape[1], z.dtype)
-    stats = {"loop_iterations": [], "pool_size": 0, "final_pool_size": 0,
-             "useful_step_fraction": None}
-    return (empty, stats) if return_stats else empty
-
-  bar, own_bar = None, False
-  if hasattr(progress, "update"):
-    bar = progress
-  elif progress:
-    from tqdm.auto import tqdm
-    bar, own_bar = tqdm(total=z.shape[0], desc="counterfactual attack", unit="latent"), True
-  try:
-    if schedule == "static":
-      result, stats = _scheduler.run_static(
-          config, (decode, classify), z, target, hyper, batch_size=batch_size, progress=bar)
-    else:
-      result, stats = _scheduler.run_continuous(
-          config, (decode, classify), z, target, hyper, batch_size=batch_size, mesh=mesh,
-          progress=bar, segment_seconds=_scheduler.SEGMENT_SECONDS)
-  finally:
-    if own_bar:
-      bar.close()
+  result, stats = _driver.solve(config, (decode, classify), z, target, hyper, schedule=schedule,
+                                batch_size=batch_size, mesh=mesh, progress=progress,
+                                label=("counterfactual attack", "latent"))
   return (result, stats) if return_stats else result

@@ -50,7 +50,7 @@ weights could not be consulted here, so the weights' defaults are cfajax's,
 tuned on MNIST training digits (experiments/RESULTS.md, "Counterfactuals
 without a generator").
 
-It runs on the attack's machinery (`_scheduler.py`): one example's state and
+It runs on the attack's machinery (`_driver.py`): one example's state and
 update, vmapped; the gradient of the batch's summed loss, in which each row
 depends on its own parameters alone; continuous or static scheduling over a
 device mesh; `Status` codes instead of exceptions.
@@ -67,22 +67,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfajax import _checks
-from cfajax import _scheduler
+from cfajax import _driver
 from cfajax._attack import _optimizer_factory
 from cfajax._attack import check_targets
 from cfajax._callables import as_pure_callable
 from cfajax._loop import OBJECTIVES
 from cfajax._loop import Outcome
 from cfajax._loop import PRECISIONS
-from cfajax._loop import RUNNING
-from cfajax._loop import Status
+from cfajax._status import RUNNING
+from cfajax._status import Status
+from cfajax._status import keep_where
+from cfajax._status import next_status
 from cfajax._loop import cast_model
 from cfajax._loop import make_transformation
 from cfajax._loop import target_scores
 from cfajax._sources import output_width
 
 PRIORS = ("pixels", "implicit")
-SCHEDULES = ("continuous", "static")
 # Adam learning rates per prior, tuned with the weights (RESULTS.md).
 DEFAULT_STEP_SIZES = {"pixels": 0.01, "implicit": 0.001}
 
@@ -316,12 +317,10 @@ class DataFreeProblem:
     finite = (jnp.isfinite(loss) & jnp.isfinite(prob)
               & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])))
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
-    status = jnp.select(
-        [prob >= hyper.threshold, ~finite, state.steps >= hyper.max_steps,
-         grad_norm <= hyper.grad_tol],
-        [Status.REACHED, Status.NON_FINITE, Status.MAX_STEPS, Status.ZERO_GRADIENT],
-        RUNNING).astype(jnp.int32)
-    status = jnp.where(running, status, state.status)
+    status = next_status(state.status, [
+        (prob >= hyper.threshold, Status.REACHED), (~finite, Status.NON_FINITE),
+        (state.steps >= hyper.max_steps, Status.MAX_STEPS),
+        (grad_norm <= hyper.grad_tol, Status.ZERO_GRADIENT)])
     move = status == RUNNING
     tx = make_transformation(self.optimizer, hyper.step_size)
     if self.prior == "pixels":
@@ -331,15 +330,14 @@ class DataFreeProblem:
         updates, opt_next = tx.update(grad, opt, level)
         go = move & on
         new_levels.append(jnp.where(go, level + updates, level))
-        new_opt.append(jax.tree_util.tree_map(lambda n, o, go=go: jnp.where(go, n, o),
-                                              opt_next, opt))
+        new_opt.append(keep_where(go, opt_next, opt))
       params = {"coarse": new_levels[:-1], "fine": new_levels[-1]}
       opt_state = new_opt
     else:
       updates, opt_next = tx.update(grads, state.opt_state, state.params)
-      keep = lambda new, old: jnp.where(move, new, old)
-      params = jax.tree_util.tree_map(lambda p, u: keep(p + u, p), state.params, updates)
-      opt_state = jax.tree_util.tree_map(keep, opt_next, state.opt_state)
+      params = keep_where(move, jax.tree_util.tree_map(jnp.add, state.params, updates),
+                          state.params)
+      opt_state = keep_where(move, opt_next, state.opt_state)
     prob = prob.astype(jnp.float32)
     return DataFreeState(
         params=params, opt_state=opt_state, query=state.query, target=state.target,
@@ -363,13 +361,6 @@ def _check_images(images) -> np.ndarray:
     raise ValueError(f"images must lie in [0, 1] (the prior clips counterfactuals to it); got "
                      f"values in [{host.min():.4g}, {host.max():.4g}]")
   return host
-
-
-def _empty_result(image_shape) -> DataFreeResult:
-  zeros = lambda dtype: np.zeros((0,), dtype)
-  return DataFreeResult(images=np.zeros((0, *image_shape), np.float32), target=zeros(np.int32),
-                        steps=zeros(np.int32), status=zeros(np.int32),
-                        initial_prob=zeros(np.float32), final_prob=zeros(np.float32))
 
 
 def data_free_attack(
@@ -460,7 +451,7 @@ def data_free_attack(
   _checks.choice("prior", prior, PRIORS)
   _checks.choice("objective", objective, OBJECTIVES)
   _checks.choice("precision", precision, PRECISIONS)
-  _checks.choice("schedule", schedule, SCHEDULES)
+  batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   if precision == "float64" and not jax.config.jax_enable_x64:
     raise ValueError("precision='float64' needs 64-bit JAX: set "
                      "jax.config.update('jax_enable_x64', True) first")
@@ -472,7 +463,6 @@ def data_free_attack(
   depth = _checks.integer("depth", depth, low=1)
   frequencies = _checks.integer("frequencies", frequencies, low=0, high=16)
   frequencies = frequencies or default_frequencies(image_shape)
-  batch_size = _checks.integer("batch_size", batch_size, low=1)
   step_size = DEFAULT_STEP_SIZES[prior] if step_size is None else step_size
   weights = {name: _checks.number(name, value, low=0.0) for name, value in (
       ("tv_weight", tv_weight), ("l2_weight", l2_weight), ("proximity_weight", proximity_weight),
@@ -520,30 +510,8 @@ def data_free_attack(
       objective=objective, optimizer=_optimizer_factory(optimizer), precision=precision,
       has_statistics=statistics is not None, has_manifold=manifold is not None, width=width,
       depth=depth, frequencies=frequencies, seed=int(seed))
-  if n == 0:
-    empty = _empty_result(image_shape)
-    return (empty, {"loop_iterations": []}) if return_stats else empty
-
-  bar, own_bar = None, False
-  if hasattr(progress, "update"):
-    bar = progress
-  elif progress:
-    from tqdm.auto import tqdm
-    bar, own_bar = tqdm(total=n, desc="data-free counterfactuals", unit="image"), True
-  flat = images.reshape(n, -1)
-  try:
-    if schedule == "static":
-      result, stats = _scheduler.run_static(problem, tuple(models), flat, target, hyper,
-                                            batch_size=batch_size, progress=bar)
-    else:
-      mesh = _scheduler.local_mesh() if mesh is None else mesh
-      if batch_size < mesh.devices.size:
-        raise ValueError(f"batch_size ({batch_size}) is smaller than the {mesh.devices.size} "
-                         "devices the continuous schedule splits its pool over")
-      result, stats = _scheduler.run_continuous(
-          problem, tuple(models), flat, target, hyper, batch_size=batch_size, mesh=mesh,
-          progress=bar, segment_seconds=_scheduler.SEGMENT_SECONDS)
-  finally:
-    if own_bar:
-      bar.close()
+  flat = images.reshape(n, int(np.prod(image_shape)))
+  result, stats = _driver.solve(problem, models, flat, target, hyper, schedule=schedule,
+                                batch_size=batch_size, mesh=mesh, progress=progress,
+                                label=("data-free counterfactuals", "image"))
   return (result, stats) if return_stats else result

@@ -36,7 +36,8 @@ import dataclasses
 import os
 import platform
 import time
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -58,9 +59,9 @@ from cfajax._explain_config import applicable_options
 from cfajax._explain_config import check_config
 from cfajax._explain_config import check_option_names
 from cfajax._explain_config import with_quick_defaults
-from cfajax._loop import Status
 from cfajax._probes import fit_probes
 from cfajax._significance import probe_refits
+from cfajax._status import Status
 from cfajax._task import DecisionTask
 from cfajax._task import check_logits
 

@@ -9,7 +9,7 @@ For each image `x`, from several starts, minimise
 classifier's own features, and an optional Gaussian prior on z) until the loss
 is at most `tolerance`, the gradient vanishes or `max_steps` updates were
 taken; keep each start's best latent, and of the starts the best. It runs on
-the attack's machinery (`_scheduler.py`): one latent's state and update,
+the attack's machinery (`_driver.py`): one latent's state and update,
 vmapped; the gradient of the batch's summed loss; continuous or static
 scheduling over a device mesh; `Status` codes instead of exceptions.
 """
@@ -24,18 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfajax import _checks
-from cfajax import _scheduler
+from cfajax import _driver
 from cfajax._attack import _optimizer_factory
 from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._loop import PRECISIONS
-from cfajax._loop import RUNNING
-from cfajax._loop import Status
+from cfajax._status import RUNNING
+from cfajax._status import Status
+from cfajax._status import keep_where
+from cfajax._status import next_status
 from cfajax._loop import cast_model
 from cfajax._loop import make_transformation
 
-SCHEDULES = ("continuous", "static")
 
 
 class InversionHyper(NamedTuple):
@@ -142,22 +143,19 @@ class InversionProblem:
     running = state.status == RUNNING
     finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad))
     grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad)))
-    status = jnp.select(
-        [~finite, loss <= hyper.tolerance, state.steps >= hyper.max_steps,
-         grad_norm <= hyper.grad_tol],
-        [Status.NON_FINITE, Status.REACHED, Status.MAX_STEPS, Status.ZERO_GRADIENT],
-        RUNNING).astype(jnp.int32)
-    status = jnp.where(running, status, state.status)
+    status = next_status(state.status, [
+        (~finite, Status.NON_FINITE), (loss <= hyper.tolerance, Status.REACHED),
+        (state.steps >= hyper.max_steps, Status.MAX_STEPS),
+        (grad_norm <= hyper.grad_tol, Status.ZERO_GRADIENT)])
     move = status == RUNNING
     loss32 = loss.astype(jnp.float32)
     better = running & finite & (loss32 < state.best_loss)
     tx = make_transformation(self.optimizer, hyper.step_size)
     updates, new_opt_state = tx.update(grad, state.opt_state, state.z)  # minimising
     new_z = state.z + updates.astype(state.z.dtype)
-    keep = lambda new, old: jnp.where(move, new, old)
     return InversionState(
-        z=keep(new_z, state.z),
-        opt_state=jax.tree_util.tree_map(keep, new_opt_state, state.opt_state),
+        z=keep_where(move, new_z, state.z),
+        opt_state=keep_where(move, new_opt_state, state.opt_state),
         target=state.target,
         steps=state.steps + move.astype(jnp.int32),
         status=status,
@@ -247,9 +245,8 @@ def invert(
   """
   images = _check_images(images)
   starts = _checks.integer("starts", starts, low=1, high=1024)
-  _checks.choice("schedule", schedule, SCHEDULES)
   _checks.choice("precision", precision, PRECISIONS)
-  batch_size = _checks.integer("batch_size", batch_size, low=1)
+  batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   hyper = InversionHyper(
       tolerance=jnp.asarray(_checks.number("tolerance", tolerance, low=0.0), jnp.float32),
       step_size=jnp.asarray(_checks.number("step_size", step_size, low=0.0, low_open=True),
@@ -301,28 +298,9 @@ def invert(
                            start=np.zeros((0,), np.int32),
                            start_losses=np.zeros((0, starts), np.float32))
 
-  bar, own_bar = None, False
-  if hasattr(progress, "update"):
-    bar = progress
-  elif progress:
-    from tqdm.auto import tqdm
-    bar, own_bar = tqdm(total=n * starts, desc="inversion", unit="start"), True
-  try:
-    if schedule == "static":
-      out, _ = _scheduler.run_static(problem, models, flat_z, target, hyper,
-                                     batch_size=batch_size, progress=bar)
-    else:
-      if mesh is None:
-        mesh = _scheduler.local_mesh()
-      if batch_size < mesh.devices.size:
-        raise ValueError(f"batch_size ({batch_size}) is smaller than the {mesh.devices.size} "
-                         "devices the continuous schedule splits its pool over")
-      out, _ = _scheduler.run_continuous(problem, models, flat_z, target, hyper,
-                                         batch_size=batch_size, mesh=mesh, progress=bar,
-                                         segment_seconds=_scheduler.SEGMENT_SECONDS)
-  finally:
-    if own_bar:
-      bar.close()
+  out = _driver.solve(problem, models, flat_z, target, hyper, schedule=schedule,
+                      batch_size=batch_size, mesh=mesh, progress=progress,
+                      label=("inversion", "start")).result
   losses = np.asarray(out.loss).reshape(n, starts)
   ranked = np.where(np.isfinite(losses), losses, np.inf)
   best = np.argmin(ranked, axis=1)

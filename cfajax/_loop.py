@@ -22,12 +22,16 @@ one check-and-update; the schedulers in `_scheduler.py` run it through
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from cfajax._status import EMPTY  # noqa: F401  (re-exported)
+from cfajax._status import RUNNING
+from cfajax._status import Status
+from cfajax._status import keep_where
+from cfajax._status import next_status
 from cfajax._steps import OptaxStep
 from cfajax._steps import TrustRegion
 from cfajax._steps import make_transformation  # noqa: F401  (the inversion's and DISC's)
@@ -35,17 +39,6 @@ from cfajax._steps import make_transformation  # noqa: F401  (the inversion's an
 OBJECTIVES = ("logit", "prob", "log_prob")
 
 
-class Status(enum.IntEnum):
-  """Why a latent stopped. Stored as int32 in `AttackResult.status`."""
-
-  REACHED = 0  # the target probability reached the threshold
-  MAX_STEPS = 1  # `max_steps` updates were taken without reaching it
-  ZERO_GRADIENT = 2  # the objective's gradient vanished (norm <= grad_tol)
-  NON_FINITE = 3  # the probability or the gradient became NaN or infinite
-
-
-RUNNING = -1  # internal: the latent has not stopped yet
-EMPTY = -2  # internal: a scheduler slot that holds no latent
 PRECISIONS = ("float32", "bfloat16", "float64")
 
 
@@ -66,10 +59,8 @@ class AttackConfig:
   precision: str = "float32"
 
   def aim(self, threshold: jax.Array) -> jax.Array:
-    """The objective's value at target probability `(1 + threshold) / 2`, which a
-    trust-region step aims for: a little past the threshold, so that a step the
-    linearisation predicts well crosses it."""
-    q = (1 + threshold) / 2
+    """The objective's value at the target probability the step rule aims for."""
+    q = self.optimizer.aim_probability(threshold)
     return {"logit": jnp.log(q) - jnp.log1p(-q), "prob": q, "log_prob": jnp.log(q)}[self.objective]
 
   # The scheduler's problem protocol (`_scheduler.py`); models = (decode, classify).
@@ -239,22 +230,18 @@ def update_latent(config: AttackConfig, hyper: AttackHyper, state: LatentState,
   running = state.status == RUNNING
   finite = jnp.isfinite(prob) & jnp.all(jnp.isfinite(grad))
   grad_norm = jnp.sqrt(jnp.sum(jnp.square(grad)))
-  status = jnp.select(
-      [prob >= hyper.threshold, ~finite, state.steps >= hyper.max_steps,
-       grad_norm <= hyper.grad_tol],
-      [Status.REACHED, Status.NON_FINITE, Status.MAX_STEPS, Status.ZERO_GRADIENT],
-      RUNNING,
-  ).astype(jnp.int32)
-  status = jnp.where(running, status, state.status)
+  status = next_status(state.status, [
+      (prob >= hyper.threshold, Status.REACHED), (~finite, Status.NON_FINITE),
+      (state.steps >= hyper.max_steps, Status.MAX_STEPS),
+      (grad_norm <= hyper.grad_tol, Status.ZERO_GRADIENT)])
   move = status == RUNNING
 
   new_z, new_opt_state = config.optimizer.update(
       state.opt_state, state.z, value, grad, config.aim(hyper.threshold), hyper.step_size)
-  keep = lambda new, old: jnp.where(move, new, old)
   prob = prob.astype(jnp.float32)
   return LatentState(
-      z=keep(new_z, state.z),
-      opt_state=jax.tree_util.tree_map(keep, new_opt_state, state.opt_state),
+      z=keep_where(move, new_z, state.z),
+      opt_state=keep_where(move, new_opt_state, state.opt_state),
       target=state.target,
       steps=state.steps + move.astype(jnp.int32),
       status=status,

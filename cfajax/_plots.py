@@ -55,14 +55,15 @@ def counterfactual_grid(path, originals, reconstructions, counterfactuals, origi
     `[(index, label)]` of the columns shown; label "" for a counterfactual,
     else the failed attack's status name.
   """
-  from cfajax._loop import Status
+  from cfajax._status import Status
   plt = _pyplot()
   status = np.asarray(status)
   success = status == Status.REACHED
   rng = np.random.default_rng(seed)
   reached, failed = np.flatnonzero(success), np.flatnonzero(~success)
   chosen = reached[rng.permutation(reached.size)[:count]]
-  chosen = np.sort(np.concatenate([chosen, failed[rng.permutation(failed.size)[:count - chosen.size]]]))
+  chosen = np.sort(np.concatenate(
+      [chosen, failed[rng.permutation(failed.size)[:count - chosen.size]]]))
   columns = [(int(i), "" if success[i] else Status(int(status[i])).name) for i in chosen]
   columns_shown = max(1, len(columns))
   start, edited = ("x", "x'") if image_attack else ("G(z)", "G(z')")
@@ -128,13 +129,13 @@ def global_attribution_bars(path, attributions, *, top=12, title="",
            else ~np.asarray(significant)[order])
   bars = ax.barh(np.arange(len(order)), psi, xerr=np.stack([psi - low, high - psi]),
                  color=colors, capsize=3, ecolor="black")
-  for bar, pale in zip(bars, noise):
+  for bar, pale in zip(bars, noise, strict=True):
     if pale:
       bar.set_alpha(0.35)
       bar.set_hatch("//")
   auc = attributions.probe_auc
   labels = [name if auc is None or not np.isfinite(auc[i]) else f"{name} (AUC {auc[i]:.2f})"
-            for name, i in zip(names, order)]
+            for name, i in zip(names, order, strict=True)]
   ax.set_yticks(np.arange(len(order)), labels)
   ax.axvline(0, color="black", linewidth=0.8)
   ax.set_xlabel("global attribution psi (mean change of probe probability toward "

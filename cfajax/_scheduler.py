@@ -42,8 +42,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfajax._batching import pad_rows
-from cfajax._loop import EMPTY
-from cfajax._loop import RUNNING
+from cfajax._status import EMPTY
+from cfajax._status import RUNNING
 
 DATA_AXIS = "data"
 # How often, in wall time, the continuous loop returns to the host: progress

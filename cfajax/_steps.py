@@ -5,10 +5,11 @@ latent, vmapped by the attack:
 
     init(z, step_size) -> state
     update(state, z, value, grad, aim, step_size) -> (new_z, state)
+    aim_probability(threshold) -> the target probability a step aims for
 
 `value` and `grad` are the objective and its gradient at `z`, `aim` the
-objective's value a little past the stopping threshold, `step_size` the
-traced scalar the caller passed. Two rules:
+objective's value at `aim_probability(threshold)`, `step_size` the traced
+scalar the caller passed. Two rules:
 
 * `TrustRegion` (the default): scale-free ascent. Each step goes along the
   gradient, as plain ascent does, but its length is set in the latent space,
@@ -60,7 +61,14 @@ class TrustRegion:
   `rho < poor` keeps the step and multiplies `r` by `shrink`; `rho > good`
   after a step that the radius cut short multiplies `r` by `grow`.
 
+  `aim` is the objective's value at target probability `threshold +
+  overshoot * (1 - threshold)`: past the threshold, so that a step the
+  linearisation predicts well crosses it, and far enough past it that the
+  counterfactual is a confident one, not one that sits on the threshold.
+
   Attributes:
+    overshoot: how far past the threshold a step aims, as a share of the way
+      from the threshold to probability 1 (0.9 at threshold 0.9: p = 0.99).
     grow: radius factor after a well-predicted step that the radius limited.
     shrink: radius factor after a poorly predicted or rejected step.
     good, poor: thresholds on the ratio of actual to predicted gain.
@@ -70,11 +78,16 @@ class TrustRegion:
   shrink: float = 0.25
   good: float = 0.75
   poor: float = 0.25
+  overshoot: float = 0.5
 
   def __post_init__(self):
-    if not (self.grow >= 1 and 0 < self.shrink < 1 and 0 <= self.poor <= self.good):
-      raise ValueError(f"TrustRegion needs grow >= 1, 0 < shrink < 1 and 0 <= poor <= good; "
-                       f"got {self}")
+    if not (self.grow >= 1 and 0 < self.shrink < 1 and 0 <= self.poor <= self.good
+            and 0 < self.overshoot < 1):
+      raise ValueError(f"TrustRegion needs grow >= 1, 0 < shrink < 1, 0 <= poor <= good and "
+                       f"0 < overshoot < 1; got {self}")
+
+  def aim_probability(self, threshold: jax.Array) -> jax.Array:
+    return threshold + self.overshoot * (1 - threshold)
 
   def init(self, z: jax.Array, step_size: jax.Array) -> TrustState:
     zero = jnp.zeros((), z.dtype)
@@ -124,6 +137,9 @@ class OptaxStep:
 
   def init(self, z: jax.Array, step_size: jax.Array) -> Any:
     return self.transformation(step_size).init(z)
+
+  def aim_probability(self, threshold: jax.Array) -> jax.Array:
+    return threshold  # unused: an optax step does not aim
 
   def update(self, state, z, value, grad, aim, step_size):
     del value, aim

@@ -19,7 +19,8 @@ and `p < 0.5` for target 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,8 @@ from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._loop import AttackResult
-from cfajax._loop import Status
 from cfajax._loop import target_scores
+from cfajax._status import Status
 
 __all__ = [
     "counterfactual_report",
@@ -208,8 +209,8 @@ def realism(generator, counterfactuals, real_images, *, success=None,
 
   Returns:
     `{"cf_error": mean over judged counterfactuals, "real_error": mean over
-    real images, "ratio": cf_error / real_error (None if real_error is 0), "outlier_rate": fraction of
-    counterfactuals whose error exceeds the 95th percentile of real images',
+    real images, "ratio": cf_error / real_error (None if real_error is 0), "outlier_rate":
+    fraction of counterfactuals whose error exceeds the 95th percentile of real images',
     "per_example": (n,) errors}`.
   """
   cf_error = reconstruction_error(generator, counterfactuals, batch_size=batch_size)

@@ -108,12 +108,13 @@ def test_closed_form_linear_softmax_two_classes():
   np.testing.assert_array_equal(result.steps, np.maximum(np.ceil(exact), 0))
 
 
+@pytest.mark.parametrize("overshoot", [0.5, 0.9])
 @pytest.mark.parametrize("scale", [0.05, 1.0, 20.0])
-def test_trust_region_on_a_linear_logit_is_scale_free(scale):
+def test_trust_region_on_a_linear_logit_is_scale_free(scale, overshoot):
   # On a linear log-odds v(z) = v0 + c u.z the trust region goes along u; while
   # the radius r0 * 2^k is shorter than the step to the aim it takes it whole
   # (every ratio is exactly 1, so the radius doubles), and then one Polyak step
-  # lands on the aim, log-odds logit((1 + t) / 2). So the steps are
+  # lands on the aim, log-odds logit(q) with q = t + overshoot (1 - t). So the steps are
   # K + 1, with K the first k where r0 * (2^(k+1) - 1) >= the distance to the aim,
   # unless a capped step already crossed the threshold: a closed form whatever
   # the scale c, where plain ascent's steps scale with c.
@@ -123,7 +124,8 @@ def test_trust_region_on_a_linear_logit_is_scale_free(scale):
   u = (a @ w)[:, 0] * scale
   threshold, r0 = 0.9, 0.1
   v0 = z0 @ u + b[0] * scale
-  aim = math.log(0.95 / 0.05)
+  q = threshold + overshoot * (1 - threshold)
+  aim = math.log(q / (1 - q))
   to_aim = (aim - v0) / np.linalg.norm(u)
   to_threshold = (math.log(threshold / (1 - threshold)) - v0) / np.linalg.norm(u)
   want_steps, want_z = [], []
@@ -140,13 +142,20 @@ def test_trust_region_on_a_linear_logit_is_scale_free(scale):
     want_z.append(z0[i] + travelled * u / np.linalg.norm(u))
 
   result = cfajax.counterfactual_attack(decode, scaled, jnp.asarray(z0, jnp.float32), 1,
-                                        threshold=threshold, step_size=r0, max_steps=100)
+                                        threshold=threshold, step_size=r0, max_steps=100,
+                                        optimizer=cfajax.TrustRegion(overshoot=overshoot))
 
   assert np.all(result.status == Status.REACHED)
   np.testing.assert_array_equal(result.steps, want_steps)
   # float32 over at most ~10 steps of lengths up to ~10: 1e-4 relative.
   np.testing.assert_allclose(result.z, np.array(want_z), rtol=1e-4, atol=1e-4)
   assert max(want_steps) <= 10
+
+
+def test_trust_region_refuses_an_aim_outside_the_threshold_to_one():
+  for overshoot in (0.0, 1.0, -0.5):
+    with pytest.raises(ValueError, match="0 < overshoot < 1"):
+      cfajax.TrustRegion(overshoot=overshoot)
 
 
 def test_trust_region_takes_back_a_step_that_lowers_the_objective():
@@ -158,12 +167,14 @@ def test_trust_region_takes_back_a_step_that_lowers_the_objective():
   decode = lambda z: z.reshape(-1, 1, 1, 1)
   classify = lambda x: 3 * jnp.sin(x.reshape(x.shape[0], 1))
   z0 = jnp.zeros((1, 1), jnp.float32)
+  rule = cfajax.TrustRegion(overshoot=0.5)
   trials = [float(cfajax.counterfactual_attack(decode, classify, z0, 1, threshold=0.99,
-                                               step_size=1.5, max_steps=k).z[0, 0])
+                                               step_size=1.5, max_steps=k,
+                                               optimizer=rule).z[0, 0])
             for k in (1, 2, 3)]
   np.testing.assert_allclose(trials, [1.5, 3.0, 1.875], rtol=1e-6)
   result = cfajax.counterfactual_attack(decode, classify, z0, 1, threshold=0.99, step_size=1.5,
-                                        max_steps=200)
+                                        max_steps=200, optimizer=rule)
   assert result.status[0] == Status.MAX_STEPS  # the peak, p = 0.953, is below 0.99
   # It settles at the peak rather than wandering off it.
   np.testing.assert_allclose(float(result.z[0, 0]), math.pi / 2, atol=0.05)
