@@ -12,11 +12,13 @@ The dataset-wide explanation (the main job; also `cfajax explain`)
   select_probe_attributes(names, attributes, explained, *, exclude, max_correlation)
     -> (kept columns, {left out: why})   no probes for near-duplicates of the target
   select_output(classifier, attribute) -> (B, 1) classifier of one sigmoid head
+  attacks.LatentAttack(threshold, optimizer, step_size, ...)   what makes each
+    counterfactual, for explain(attack=...): also attacks.PixelAttack, attacks.DataFreeAttack
 
 Counterfactual attack
   counterfactual_attack(decode, classify, z, target, **options) -> AttackResult
   AttackResult, Status
-  TrustRegion(grow, shrink, good, poor)   the default step rule: scale-free ascent along
+  TrustRegion(grow, shrink, good, poor, overshoot)   the default step rule: scale-free ascent along
     the gradient (optimizer="ascent" is the paper's plain update)
   local_mesh(devices=None) -> Mesh      the device mesh the attack shards over
 
@@ -176,7 +178,7 @@ _EXPORTS = {
 
 
 def __getattr__(name: str):
-  if name in ("metrics", "saliency"):
+  if name in ("attacks", "metrics", "saliency"):
     value = importlib.import_module(f"cfajax.{name}")
   elif name in _EXPORTS:
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
@@ -192,6 +194,8 @@ def __dir__():
 
 __version__ = "0.1.0"
 
+# The names below are loaded on first use by __getattr__, which a type checker cannot follow.
+# pyright: reportUnsupportedDunderAll=false
 __all__ = [
     # the dataset-wide explanation
     "AttributeTable",
@@ -261,6 +265,8 @@ __all__ = [
     "global_attributions",
     "local_attributions",
     "probe_refits",
+    # attacks as values, for explain(attack=...)
+    "attacks",
     # counterfactual quality and saliency
     "metrics",
     "saliency",

@@ -48,7 +48,7 @@ from cfajax import _plots
 from cfajax import _presets
 from cfajax import _runfolder
 from cfajax import _sources
-from cfajax._attack import counterfactual_attack
+from cfajax import attacks
 from cfajax._attributions import global_attributions
 from cfajax._attributions import local_attributions
 from cfajax._batching import apply_batched
@@ -60,6 +60,7 @@ from cfajax._explain_config import check_config
 from cfajax._explain_config import check_option_names
 from cfajax._explain_config import with_quick_defaults
 from cfajax._probes import fit_probes
+from cfajax._progress import progress_bar
 from cfajax._significance import probe_refits
 from cfajax._status import Status
 from cfajax._task import DecisionTask
@@ -122,7 +123,8 @@ def _sync(name: str) -> None:
 # -- the inputs ------------------------------------------------------------------------
 
 
-def _split_inputs(config: ExplainConfig, objects: dict[str, Any], options: dict[str, Any]):
+def _split_inputs(config: ExplainConfig | None, objects: dict[str, Any],
+                  options: dict[str, Any]):
   """Strings (paths, import strings) become options; anything else stays an object."""
   if "vae" in options:
     options["generator"] = options.pop("vae")
@@ -155,55 +157,6 @@ def _split_inputs(config: ExplainConfig, objects: dict[str, Any], options: dict[
 
 
 # -- the explanation -----------------------------------------------------------------
-
-
-def _attack_options(config: ExplainConfig) -> dict[str, Any]:
-  """The attack's options that change results (pool_size changes none)."""
-  options = dict(threshold=config.threshold, max_steps=config.max_steps,
-                 objective=config.objective, precision=config.precision)
-  if config.attack == "data-free":
-    return {**options, "prior": config.data_free_prior,
-            "progressive": config.data_free_progressive, "tv_weight": config.tv_weight,
-            "l2_weight": config.l2_weight, "proximity_weight": config.proximity_weight,
-            "manifold_weight": config.manifold_weight, "seed": config.seed}
-  if config.optimizer == "adam":
-    options.update(optimizer="adam", step_size=config.learning_rate)
-  else:
-    options.update(optimizer=config.optimizer, step_size=config.step_size)
-  return options
-
-
-class _ImageRows(NamedTuple):
-  """An image attack's result as the chunk runner stores it: `z` holds the
-  flattened counterfactual images."""
-
-  z: np.ndarray
-  steps: np.ndarray
-  status: np.ndarray
-  initial_prob: np.ndarray
-  final_prob: np.ndarray
-
-
-def _image_attack(config, options, classifier, image_shape, manifold):
-  """The data-free or pixel attack with `options` over rows of flattened images, for the
-  chunk runner."""
-  from cfajax import metrics
-  from cfajax._data_free import data_free_attack
-
-  def attack(rows, target, bar):
-    images = rows.reshape(len(rows), *image_shape)
-    if config.attack == "pixel":
-      result = metrics.pixel_attack(classifier, images, target, batch_size=config.pool_size,
-                                    progress=bar, **options)
-      counterfactuals = metrics.pixel_counterfactuals(result, image_shape)
-    else:
-      result = data_free_attack(classifier, images, target, manifold=manifold,
-                                batch_size=config.pool_size, progress=bar, **options)
-      counterfactuals = np.asarray(result.images)
-    return _ImageRows(counterfactuals.reshape(len(rows), -1), *(np.asarray(a) for a in (
-        result.steps, result.status, result.initial_prob, result.final_prob)))
-
-  return attack
 
 
 class _Decision(NamedTuple):
@@ -241,7 +194,7 @@ MIN_REAL_AT_THRESHOLD = 0.05
 MIN_EXAMPLES = 30
 
 
-def _probe_report(probes, a_train, a_test) -> dict[str, dict[str, float]]:
+def _probe_report(probes, a_train, a_test) -> dict[str, dict[str, Any]]:
   """Per attribute: held-out accuracy and AUC, base rate, and whether the fit converged."""
   clean = lambda v: None if not np.isfinite(v) else round(float(v), 4)
   return {name: {"val_accuracy": clean(probes.val_accuracy[a]), "val_auc": clean(probes.val_auc[a]),
@@ -299,7 +252,8 @@ def _note_model_changes(previous: dict | None, models: dict, log) -> None:
 
 def explain(config: ExplainConfig | None = None, *, classifier=None, generator=None,
             images=None, attributes=None, attribute_validation=None, latents=None,
-            progress: bool = True, log=print, restart: bool = False, **options) -> dict[str, Any]:
+            attack: attacks.Attack | None = None, progress: bool = True, log=print,
+            restart: bool = False, **options) -> dict[str, Any]:
   """Explains a classifier's decisions over a whole set of images; writes to `config.out`.
 
   With no inputs, the preset `config.dataset` (default digits) supplies them.
@@ -337,6 +291,11 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
       pixel errors then leave out badly inverted images, as when the
       pipeline inverts). Used instead of the generator's encode or an
       inversion, e.g. to invert once for several decisions on the same images.
+    attack: what makes each counterfactual: a `cfajax.attacks.LatentAttack`
+      (the default, with `config`'s attack options), `PixelAttack` or
+      `DataFreeAttack`; it sets `config`'s attack fields, the form in which
+      run.json records it. A name ("pixel") is the config field, with the
+      attack's options in `config`.
     progress: show progress bars.
     log: where one-line status messages go (`print`; `None` for silence).
     restart: discard the results already in `out` (and a preset's models
@@ -356,7 +315,16 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   """
   objects = dict(classifier=classifier, generator=generator, images=images,
                  attributes=attributes)
-  config, objects = _split_inputs(config, objects, dict(options))
+  options = dict(options)
+  if isinstance(attack, str):  # the config field's form: a name, with the other fields' options
+    options["attack"], attack = attack, None
+  config, objects = _split_inputs(config, objects, options)
+  if attack is not None:
+    if not isinstance(attack, tuple(attacks.ATTACKS.values())):
+      raise ValueError(f"attack must be a cfajax.attacks value (LatentAttack, PixelAttack or "
+                       f"DataFreeAttack) or one's name; got {type(attack).__name__}")
+    attack.check()
+    config = dataclasses.replace(config, **attack.config_fields())
   check_config(config)
   config = with_quick_defaults(config)
   log = log or (lambda message: None)
@@ -374,7 +342,8 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   decision = None
   if inputs is not None:
     decision = _decision(config, inputs, contract.num_logits)
-  os.makedirs(config.out, exist_ok=True)
+  # _split_inputs set out.
+  os.makedirs(config.out, exist_ok=True)  # pyright: ignore[reportArgumentType]
   lock = _runfolder.FolderLock(config.out) if leader else contextlib.nullcontext()
   with lock:
     previous = _open_folder(config, restart, leader, log)
@@ -401,6 +370,7 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
   `inputs` are the user's, already read, and `decision` the classifier's
   outputs on them; both None for a preset's."""
   warnings = []
+  attack = attacks.from_config(config)
 
   def warn(message):
     warnings.append(message)
@@ -472,7 +442,7 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
   if len(z):
     own = task.own_class_prob(logits)
     real_at_threshold = float(np.mean(own >= config.threshold))
-    if real_at_threshold < MIN_REAL_AT_THRESHOLD and config.attack == "latent":
+    if real_at_threshold < MIN_REAL_AT_THRESHOLD and not attack.edits_images:
       warn(f"the classifier gives only {real_at_threshold:.1%} of the real images it explains "
            f"their own class with probability >= {config.threshold}: its logits are flat, and "
            "counterfactuals through a generator, whose images it rates like real ones, "
@@ -498,40 +468,25 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
                       standardize=config.probe_standardize, validation=(z_check, a_check))
   lap("probes")
 
-  bar = None
-  if bars:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(z), desc="counterfactuals", unit="example")
-  options = _attack_options(config)
   chunk_size = _runfolder.chunk_size_for(len(z), config.chunk_size)
   digests = [models["generator"]["digest"], models["classifier"]["digest"]]
-  if config.attack == "latent":
-    starts = z
-    attack = lambda z_rows, t_rows, bar: counterfactual_attack(
-        parts.decode, inputs.classifier, z_rows, t_rows, batch_size=config.pool_size,
-        progress=bar, **options)
-  else:  # the images themselves are attacked; the generator only measures phi
-    starts = images.reshape(len(images), -1).astype(np.float32)
-    manifold = None
-    if config.manifold is not None:
-      manifold = _sources.load_model_spec(config.manifold, "manifold")
-      models["manifold"] = {"source": config.manifold, "digest": _sources.callable_digest(
-          manifold, jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}
-      digests.append(models["manifold"]["digest"])
-    attack = _image_attack(config, options, inputs.classifier, contract.image_shape, manifold)
-  try:
+  extra = {}
+  for role, source in attack.model_sources().items():  # e.g. the data-free attack's manifold
+    extra[role] = _sources.load_model_spec(source, role)
+    models[role] = {"source": source, "digest": _sources.callable_digest(
+        extra[role], jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}
+    digests.append(models[role]["digest"])
+  run_chunk = attack.runner(attacks.AttackModels(parts.decode, inputs.classifier,
+                                                 contract.image_shape, extra), config.pool_size)
+  with progress_bar(bars, total=len(z), desc="counterfactuals", unit="example") as bar:
     rows, resumed = _runfolder.attack_in_chunks(
-        config.out, attack, starts, target, chunk_size=chunk_size,
-        attack_digest=_hashing.digest_json({"attack": config.attack, **options}),
-        models_digest=_hashing.digest_json(digests),
-        progress=bar, log=log)
-  finally:
-    if bar is not None:
-      bar.close()
+        config.out, run_chunk, attack.starts(z, images), target, chunk_size=chunk_size,
+        attack_digest=_hashing.digest_json({"attack": attack.name, **attack.options()}),
+        models_digest=_hashing.digest_json(digests), progress=bar, log=log)
   lap("attack")
 
   recon = apply_batched(parts.decode, z)
-  if config.attack == "latent":
+  if not attack.edits_images:
     z_cf = rows["z_cf"]
     cf_images = apply_batched(parts.decode, z_cf)
   else:
@@ -618,8 +573,8 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
       "inversion": inversion,
       "latents": ("given" if objects["latents"] is not None
                   else "encoded" if parts.encode is not None else "inverted"),
-      "attack": config.attack,
-      **({} if config.attack == "latent" else {"attribution_measurement": (
+      "attack": attack.name,
+      **({} if not attack.edits_images else {"attribution_measurement": (
           "phi = g(E(x')) - g(E(x)): the counterfactual images, made without the generator, "
           "and the originals encoded by it, for measurement only")}),
       "models": models,
@@ -638,7 +593,7 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
       extra["label"] = data.labels[selected]
     if inputs.split is not None:
       extra["split"] = inputs.split[selected]
-    if config.attack != "latent":  # not decode(z_cf): the images themselves
+    if attack.edits_images:  # not decode(z_cf): the images themselves
       extra["counterfactual_images"] = cf_images.astype(np.float32)
     _runfolder.save_npz(os.path.join(config.out, "examples.npz"),
                         index=selected,
@@ -651,7 +606,7 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
         os.path.join(config.out, "counterfactuals.png"), images, recon, cf_images,
         original_prob, cf_prob, rows["status"], count=config.num_figure_examples,
         seed=config.seed, title=summary["task"], positive=task.side_name(True),
-        image_attack=config.attack != "latent")
+        image_attack=attack.edits_images)
     if psi is not None:
       _plots.global_attribution_bars(
           os.path.join(config.out, "global_attributions.png"), psi, title=summary["task"],

@@ -173,7 +173,7 @@ class ExplainConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "ExplainConfig":
+  def from_dict(cls, values: dict[str, Any]) -> ExplainConfig:
     values = dict(values)
     if "vae" in values:  # the generator's name before models other than VAEs were explained
       values["generator"] = values.pop("vae")
@@ -212,18 +212,14 @@ def applicable_options(config: ExplainConfig, *, binary: bool, inverted: bool) -
   attribute options for other data; a preset's data and training options for
   the user's own inputs.
   """
+  from cfajax import attacks
+
   unused = set()
   if binary:
     unused.add("classes")
-  unused.add("step_size" if config.optimizer == "adam" else "learning_rate")
-  data_free = {"manifold", "data_free_prior", "data_free_progressive", "tv_weight", "l2_weight",
-               "proximity_weight", "manifold_weight"}
-  if config.attack != "data-free":
-    unused |= data_free
-  else:
-    unused |= {"step_size", "learning_rate", "optimizer"}  # Adam at the prior's rate
-    if config.manifold is None:
-      unused.add("manifold_weight")
+  # The attack fields other than those of the attack that ran (seed serves more than it).
+  unused |= (attacks.CONFIG_FIELDS - {"seed"}) - set(
+      attacks.from_config(config).config_fields())
   if not inverted:
     unused |= {"inversion_starts", "inversion_steps", "inversion_step_size",
                "inversion_prior_weight", "max_inversion_error"}
@@ -273,7 +269,7 @@ def check_config(config: ExplainConfig) -> None:
 
   from cfajax import _checks
   from cfajax import _data
-  from cfajax import _loop
+  from cfajax import attacks
   from cfajax import _presets
   c = config
   if c.dataset is not None:
@@ -305,22 +301,17 @@ def check_config(config: ExplainConfig) -> None:
   _int_tuple("classifier_widths", c.classifier_widths, low=1)
   for name in ("vae_epochs", "classifier_epochs", "train_batch_size"):
     _checks.integer(name, getattr(c, name), low=0)
-  _checks.number("threshold", c.threshold, low=0.0, high=1.0, low_open=True, high_open=True)
+  # Every attack's options are checked, whichever attack runs: each value checks its own.
   _checks.number("step_size", c.step_size, low=0.0, low_open=True)
-  _checks.integer("max_steps", c.max_steps, low=0)
-  _checks.choice("objective", c.objective, _loop.OBJECTIVES)
-  _checks.choice("optimizer", c.optimizer, ("trust-region", "ascent", "adam"))
   _checks.number("learning_rate", c.learning_rate, low=0.0, low_open=True)
-  _checks.choice("precision", c.precision, ("float32", "bfloat16"))
+  _checks.choice("attack", c.attack, tuple(attacks.ATTACKS))
+  for attack in attacks.ATTACKS.values():
+    attack.from_config(c).check()
   pool_size = _checks.integer("pool_size", c.pool_size, low=1)
   if pool_size < jax.local_device_count():
     raise ValueError(f"pool_size ({pool_size}) must be at least the number of local devices "
                      f"({jax.local_device_count()}) the attack's pool is split over")
-  _checks.choice("attack", c.attack, ("latent", "data-free", "pixel"))
   _optional_path("manifold", c.manifold)
-  _checks.choice("data_free_prior", c.data_free_prior, ("implicit", "pixels"))
-  for name in ("tv_weight", "l2_weight", "proximity_weight", "manifold_weight"):
-    _checks.number(name, getattr(c, name), low=0.0)
   if c.manifold is not None and c.attack != "data-free":
     raise ValueError(f"manifold is a model of the data-free attack; attack is {c.attack!r} "
                      "(pass attack='data-free', or leave manifold out)")
@@ -368,6 +359,7 @@ def _check_preset_checkpoints(config: ExplainConfig) -> None:
   from cfajax import _presets
   from cfajax import _recipes
   from cfajax import _sources
+  assert config.dataset is not None and config.out is not None  # a preset's, checked already
   shape = list(_recipes.image_shape(config.dataset, _presets.image_size(config)))
   paths = {}
   for kind, spec, folder in (("vae", config.generator, "vae"),
@@ -397,6 +389,7 @@ def _check_preset_checkpoints(config: ExplainConfig) -> None:
     if config.target_attribute not in names:
       raise ValueError(f"the classifier{where} predicts {list(names)}, not the CelebA "
                        f"attribute {config.target_attribute!r}")
-  elif count != 1 and max(config.classes) >= count:
+  # A classifier's checkpoint config always has num_outputs.
+  elif count != 1 and max(config.classes) >= count:  # pyright: ignore[reportOperatorIssue]
     raise ValueError(f"classes {tuple(config.classes)} do not exist in the classifier{where}, "
-                     f"which has {count} classes (0 to {count - 1})")
+                     f"which has {count} classes (0 to {count - 1})")  # pyright: ignore[reportOptionalOperand]

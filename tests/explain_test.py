@@ -178,7 +178,7 @@ def test_two_processes_match_one(small_run, tmp_path):
                                address, str(rank)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for rank in range(2)]
   outputs = [w.communicate(timeout=300) for w in workers]
-  for worker, (out, err) in zip(workers, outputs):
+  for worker, (out, err) in zip(workers, outputs, strict=True):
     assert worker.returncode == 0, err[-3000:]
     assert "processes 2" in out
   alone = cfajax.explain(single, progress=False, log=None)
@@ -213,7 +213,8 @@ def test_probe_attributes_leave_out_the_target_its_near_duplicates_and_named_one
 def test_select_output_is_one_sigmoid_head_that_the_attack_accepts():
   from flax import nnx
   config = cfajax.ClassifierConfig(image_shape=(8, 8, 1), num_outputs=3, head="sigmoid",
-                                   widths=(4,), dense_width=8, output_names=("Young", "Male", "Bald"))
+                                   widths=(4,), dense_width=8,
+                                   output_names=("Young", "Male", "Bald"))
   classifier = cfajax.Classifier(config, rngs=nnx.Rngs(0))
   x = np.random.default_rng(0).random((5, 8, 8, 1), np.float32)
   male = cfajax.select_output(classifier, "Male")
@@ -230,14 +231,17 @@ def test_select_output_is_one_sigmoid_head_that_the_attack_accepts():
 
 
 def chunk_task(n=40, seed=0):
-  from attack_test import latents, mlp_models
+  from attack_test import latents
+  from attack_test import mlp_models
   decode, classify = mlp_models(seed=seed)
-  return decode, classify, np.asarray(latents(n, seed=seed + 1)), (np.arange(n) % 3).astype(np.int32)
+  return (decode, classify, np.asarray(latents(n, seed=seed + 1)),
+          (np.arange(n) % 3).astype(np.int32))
 
 
 def chunked(config, decode, classify, messages):
   """The explanation's chunked attack on given latents, as explain runs it."""
-  from cfajax import _explain, _runfolder
+  from cfajax import _explain
+  from cfajax import _runfolder
   options = _explain._attack_options(config)
   attack = lambda z, t, bar: cfajax.counterfactual_attack(
       decode, classify, z, t, batch_size=config.pool_size, progress=bar, **options)
@@ -430,7 +434,8 @@ def test_non_finite_counterfactuals_flip_no_decision(small_run, tmp_path, monkey
   assert bad.sum() == 2 * -(-summary["num_examples"] // 16)
   assert np.all(np.isnan(examples["counterfactual_prob"][bad]))
   good = ~bad
-  flipped = (examples["counterfactual_prob"][good] >= 0.5) != (examples["original_prob"][good] >= 0.5)
+  flipped = ((examples["counterfactual_prob"][good] >= 0.5)
+             != (examples["original_prob"][good] >= 0.5))
   assert summary["decision_flipped"] == pytest.approx(flipped.sum() / summary["num_examples"])
   assert summary["status_counts"]["NON_FINITE"] == bad.sum()
 
@@ -580,3 +585,35 @@ def test_image_attacks_explain_through_the_encoder_and_resume(small_run, tmp_pat
     cfajax.explain(config_like(small_run, tmp_path / "data-free", attack="data-free", limit=24,
                                data_free_prior="pixels", max_steps=60, tv_weight=0.5),
                    progress=False, log=None)
+
+
+@pytest.mark.parametrize("value, fields", [
+    (cfajax.attacks.LatentAttack(optimizer="ascent", step_size=0.5, max_steps=200),
+     dict(attack="latent", optimizer="ascent", step_size=0.5, max_steps=200)),
+    (cfajax.attacks.PixelAttack(optimizer="adam", step_size=0.02, max_steps=40),
+     dict(attack="pixel", optimizer="adam", learning_rate=0.02, max_steps=40)),
+])
+def test_an_attack_value_gives_the_run_of_its_options(small_run, tmp_path, value, fields):
+  by_value = cfajax.explain(config_like(small_run, tmp_path / "value"), attack=value,
+                            progress=False, log=None)
+  by_fields = cfajax.explain(config_like(small_run, tmp_path / "fields", **fields),
+                             progress=False, log=None)
+  assert by_value["attack"] == by_fields["attack"] == value.name
+  drop_out = lambda c: {k: v for k, v in c.items() if k != "out"}
+  assert drop_out(by_value["config"]) == drop_out(by_fields["config"])
+  a, b = (np.load(tmp_path / name / "examples.npz") for name in ("value", "fields"))
+  np.testing.assert_array_equal(a["z_cf"], b["z_cf"])
+  np.testing.assert_array_equal(a["status"], b["status"])
+  with open(tmp_path / "value" / "run.json") as f:
+    recorded = json.load(f)["config"]
+  assert {k: recorded[k] for k in fields} == fields
+
+
+def test_an_attack_that_is_not_an_attack_value_is_refused_before_any_work(small_run, tmp_path):
+  with pytest.raises(ValueError, match="attack must be a cfajax.attacks value"):
+    cfajax.explain(config_like(small_run, tmp_path / "never"), attack=("pixel",),
+                   progress=False, log=None)
+  with pytest.raises(ValueError, match="optimizer"):
+    cfajax.explain(config_like(small_run, tmp_path / "never"),
+                   attack=cfajax.attacks.LatentAttack(optimizer="sgd"), progress=False, log=None)
+  assert not (tmp_path / "never").exists()
