@@ -48,13 +48,13 @@ from flax import nnx
 from cfajax._steps import PLAIN_ASCENT
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # noqa: E402
-
 import cfajax  # noqa: E402
 from cfajax import _attack  # noqa: E402
 from cfajax import _loop  # noqa: E402
 from cfajax import _models  # noqa: E402
 from cfajax._callables import as_pure_callable  # noqa: E402
+
+import timing  # noqa: E402
 
 WORKLOADS = {
     # image shape, VAE widths, latent size, classifier outputs, head, classifier widths
@@ -185,7 +185,8 @@ def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_
     for precision in ("float32", "bfloat16"):
       options = dict(threshold=threshold, max_steps=max_steps, step_size=0.1, batch_size=batch,
                      schedule=schedule, precision=precision, return_stats=True)
-      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options,
+      # The closure below is called within this iteration, so it sees this iteration's values.
+      run = lambda: cfajax.counterfactual_attack(vae.decode, classifier, z, target, **options,  # noqa: B023
                                                  optimizer="ascent")
       measured = timing.time_call(run, repeats=repeats, warmup=1)
       result, stats = measured["out"]
@@ -207,7 +208,8 @@ def schedules_on_real_latents(vae, classifier, z, target, batch, threshold, max_
   agreement = {
       "same_success": float(np.mean(np.asarray(full.success) == np.asarray(half.success))),
       "same_steps": float(np.mean(np.asarray(full.steps) == np.asarray(half.steps))),
-      "steps_within_1": float(np.mean(np.abs(np.asarray(full.steps) - np.asarray(half.steps)) <= 1)),
+      "steps_within_1": float(np.mean(
+          np.abs(np.asarray(full.steps) - np.asarray(half.steps)) <= 1)),
   }
   return rows, agreement
 
@@ -235,7 +237,8 @@ def schedules_on_planted_steps(n=4096, pools=(32, 256), low=10, high=500, repeat
     for schedule in ("static", "continuous"):
       options = dict(threshold=0.5, step_size=1.0, max_steps=high + 100, batch_size=pool,
                      schedule=schedule, return_stats=True)
-      run = lambda: cfajax.counterfactual_attack(decode, classify, z, 1, **options,
+      # The closure below is called within this iteration, so it sees this iteration's values.
+      run = lambda: cfajax.counterfactual_attack(decode, classify, z, 1, **options,  # noqa: B023
                                                  optimizer="ascent")
       measured = timing.time_call(run, repeats=repeats, warmup=1)
       result, stats = measured["out"]
@@ -332,7 +335,8 @@ def main(argv=None):
                                  repeats=args.repeats))
       flops = step_flops(vae, classifier, batch, z.shape[1], precision)
       row["gflops_per_s"] = flops * row["iterations"] / row["median_s"] / 1e9
-      row["fraction_of_matmul_peak"] = flops * row["iterations"] / row["median_s"] / peaks[precision]
+      row["fraction_of_matmul_peak"] = (flops * row["iterations"] / row["median_s"]
+                                        / peaks[precision])
       row["peak_memory_bytes"] = peak_memory_bytes()
       rows.append(row)
       print(f"  cfajax {precision:8s} batch {batch:6d}: "

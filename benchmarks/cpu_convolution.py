@@ -57,8 +57,10 @@ def _step_outside_loop(vae, classifier, z, target, steps, repeats):
   """latent-steps/s of `steps` Python calls of one jitted gradient-and-update."""
   import jax
   import jax.numpy as jnp
-  import timing
+
   from cfajax import _loop
+
+  import timing
 
   @jax.jit
   def step(vae, classifier, z, target):
@@ -98,6 +100,7 @@ def main(argv=None) -> None:
 
   import jax.numpy as jnp
   import torch
+
   import attack_throughput
   import timing
   import torch_peers
@@ -128,7 +131,8 @@ def main(argv=None) -> None:
   for batch in batches:
     zt = torch.from_numpy(np.ascontiguousarray(z[:batch]))
     tt = torch.from_numpy(np.asarray(target[:batch], np.int64))
-    run = lambda: torch_peers.attack_eager(decoder, clf, zt, tt, threshold=1 - 1e-7,
+    # The closure below is called within this iteration, so it sees this iteration's values.
+    run = lambda: torch_peers.attack_eager(decoder, clf, zt, tt, threshold=1 - 1e-7,  # noqa: B023
                                            max_steps=args.steps, step_size=1e-3)
     measured = torch_peers._time(run, torch.device("cpu"), repeats=args.repeats, warmup=1)
     rows.append({"batch": batch, "run": "torch-eager", "median_s": measured["median_s"],

@@ -54,8 +54,9 @@ def workload(args):
 
 
 def child(args) -> None:
-  import attack_throughput
   import cfajax
+
+  import attack_throughput
   vae, classifier, z, target = workload(args)
   rows = []
   for batch in args.batches:
@@ -71,6 +72,7 @@ def child(args) -> None:
 
 def torch_eager(args):
   import torch
+
   import torch_peers
   vae, classifier, z, target = workload(args)
   torch.set_num_threads(os.cpu_count() or 1)
@@ -79,7 +81,8 @@ def torch_eager(args):
   for batch in args.batches:
     zb = torch.from_numpy(np.ascontiguousarray(z[:batch]))
     tb = torch.from_numpy(np.asarray(target[:batch], np.int64))
-    run = lambda: torch_peers.attack_eager(decoder, clf, zb, tb, threshold=1 - 1e-7,
+    # The closure below is called within this iteration, so it sees this iteration's values.
+    run = lambda: torch_peers.attack_eager(decoder, clf, zb, tb, threshold=1 - 1e-7,  # noqa: B023
                                            max_steps=args.steps, step_size=1e-3)
     measured = torch_peers._time(run, torch.device("cpu"), repeats=args.repeats, warmup=1)
     rows.append({"batch": batch, "latent_steps_per_s": batch * args.steps / measured["median_s"],
@@ -98,6 +101,7 @@ def components(args):
   import jax
   import jax.numpy as jnp
   import torch
+
   import timing
   import torch_peers
   vae, classifier, z, target = workload(args)
@@ -126,15 +130,16 @@ def components(args):
         return v.grad
       return run
 
+    # The closures below are called within this iteration, so they see this iteration's values.
     torch_parts = {
-        "decoder forward": lambda: decoder(zt),
+        "decoder forward": lambda: decoder(zt),  # noqa: B023
         "decoder forward+input grad": input_grad(decoder, zt),
-        "classifier forward": lambda: clf(xt),
+        "classifier forward": lambda: clf(xt),  # noqa: B023
         "classifier forward+input grad": input_grad(lambda x: clf(x)[:, 0], xt),
         "both forward+input grad": input_grad(lambda v: clf(decoder(v))[:, 0], zt),
     }
     for name, (fn, value) in jax_parts.items():
-      jax_s = timing.time_call(lambda: fn(value), repeats=args.repeats * 3, warmup=2)["median_s"]
+      jax_s = timing.time_call(lambda: fn(value), repeats=args.repeats * 3, warmup=2)["median_s"]  # noqa: B023
       with torch.no_grad() if "grad" not in name else torch.enable_grad():
         torch_s = torch_peers._time(torch_parts[name], cpu, repeats=args.repeats * 3,
                                     warmup=2)["median_s"]

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # noqa: E402
-
 import cfajax  # noqa: E402
 from cfajax import metrics  # noqa: E402
+
+import timing  # noqa: E402
 
 
 def main(argv=None):

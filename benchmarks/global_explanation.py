@@ -49,12 +49,12 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # noqa: E402
-from attack_throughput import build_workload  # noqa: E402
-
 import cfajax  # noqa: E402
 from cfajax._batching import apply_batched  # noqa: E402
 from cfajax._task import DecisionTask  # noqa: E402
+
+import timing  # noqa: E402
+from attack_throughput import build_workload  # noqa: E402
 
 STAGES = ("encode", "probes", "attack", "attributions")
 

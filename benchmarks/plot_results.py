@@ -29,8 +29,8 @@ def plot(results: dict, path: Path) -> None:
   for impl, precision in series:
     points = sorted((r["batch"], r["latent_steps_per_s"]) for r in rows
                     if r["impl"] == impl and r["precision"] == precision)
-    rates.plot(*zip(*points), STYLE.get(precision, ":"), marker="o", color=colours[impl],
-               label=f"{impl} {precision}")
+    rates.plot(*zip(*points, strict=True), STYLE.get(precision, ":"), marker="o",
+               color=colours[impl], label=f"{impl} {precision}")
   rates.set_xscale("log", base=2)
   rates.set_yscale("log")
   rates.set_xlabel("batch (latents)")

@@ -7,7 +7,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -109,9 +110,9 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     return "-" if value is None else str(value)
   cells = [[cell(row.get(c)) for c in columns] for row in rows]
   widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-  print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+  print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
   for r in cells:
-    print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
 
 
 def print_record_report(command: str, name: str, path, report_table: Callable[[dict], str]) -> None:

@@ -33,7 +33,8 @@ import math
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,8 @@ class TorchDecoder(nn.Module):
   def __init__(self, vae):
     super().__init__()
     config = vae.config
-    self.sizes = list(zip(vae.heights, vae.widths_px))  # (H, W) after 0, 1, ... halvings
+    # (H, W) after 0, 1, ... halvings
+    self.sizes = list(zip(vae.heights, vae.widths_px, strict=True))
     top, (h, w) = config.widths[-1], self.sizes[-1]
     self.top_shape = (top, h, w)
     kernel = _array(vae.from_latent.kernel)  # (d, h * w * top), features in (y, x, c) order
@@ -120,7 +122,7 @@ class TorchDecoder(nn.Module):
 
   def forward(self, z: torch.Tensor) -> torch.Tensor:
     h = F.silu(self.from_latent(z)).view(z.shape[0], *self.top_shape)
-    for level, conv in zip(range(len(self.convs) - 1, -1, -1), self.convs):
+    for level, conv in zip(range(len(self.convs) - 1, -1, -1), self.convs, strict=True):
       height, width = self.sizes[level]
       h = F.pixel_shuffle(conv(h), 2)[:, :, :height, :width]
       if level > 0:
@@ -545,11 +547,12 @@ def run_peers(vae, classifier, z, target, batches, steps, loop_count=32, thresho
     for precision, dtype in DTYPES.items():
       decoder, torch_classifier = models[precision]
       rel = errors[precision]["max_rel_error"]
-      to_device = lambda: (torch.from_numpy(zb).to(device), torch.from_numpy(tb).to(device))
+      # The closures below are called within this iteration, so they see this iteration's values.
+      to_device = lambda: (torch.from_numpy(zb).to(device), torch.from_numpy(tb).to(device))  # noqa: B023
 
       def eager():
-        zt, tt = to_device()
-        return attack_eager(decoder, torch_classifier, zt, tt, dtype=dtype, **options)
+        zt, tt = to_device()  # noqa: B023
+        return attack_eager(decoder, torch_classifier, zt, tt, dtype=dtype, **options)  # noqa: B023
 
       if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -571,8 +574,8 @@ def run_peers(vae, classifier, z, target, batches, steps, loop_count=32, thresho
                                   fullgraph=True)
 
         def compiled():
-          zt, tt = to_device()
-          return attack_compiled(step, zt, tt, **options)
+          zt, tt = to_device()  # noqa: B023
+          return attack_compiled(step, zt, tt, **options)  # noqa: B023
 
         measured = _time(compiled, device, repeats=repeats, warmup=1)
       except Exception as e:  # no compiler toolchain, an unsupported op, out of memory, ...
@@ -593,9 +596,10 @@ def run_peers(vae, classifier, z, target, batches, steps, loop_count=32, thresho
     decoder, torch_classifier = models[precision]
     rel = errors[precision]["max_rel_error"]
 
+    # The closure below is called within this iteration, so it sees this iteration's values.
     def loop():
       zt, tt = torch.from_numpy(zl).to(device), torch.from_numpy(tl).to(device)
-      return attack_loop_adam(decoder, torch_classifier, zt, tt, dtype=dtype,
+      return attack_loop_adam(decoder, torch_classifier, zt, tt, dtype=dtype,  # noqa: B023
                               threshold=threshold, max_steps=steps, lr=FIXED_STEP_SIZE)
 
     if device.type == "cuda":
@@ -633,8 +637,9 @@ def check_agreement(vae, classifier, z, target, *, threshold=0.5, step_size=0.1,
   latents of a sharpened MNIST-sized model) under a 1e-7 perturbation; the
   two trajectories then part. Compare over few steps for a tight check.
   """
-  import cfajax
   import optax
+
+  import cfajax
 
   device = device or default_device()
   z = np.asarray(z, np.float32)
@@ -703,7 +708,9 @@ def agreement_failures(agreement, min_same_steps=0.9, max_median_dz=1e-3) -> lis
 def main():
   """Self-check on random models: conversion, agreement, a tiny timing run; exits 1 on failure."""
   import argparse
+
   from flax import nnx
+
   from cfajax import _models
 
   parser = argparse.ArgumentParser(description=main.__doc__)

@@ -75,20 +75,20 @@ class AttributeTable:
   def __len__(self) -> int:
     return len(self.values)
 
-  def subset(self, rows, name: str | None = None) -> "AttributeTable":
+  def subset(self, rows, name: str | None = None) -> AttributeTable:
     """The rows at `rows` (indices, a mask or a slice)."""
     take = lambda a: None if a is None else a[rows]
     return dataclasses.replace(self, values=self.values[rows], images=take(self.images),
                                latents=take(self.latents), files=take(self.files),
                                name=self.name if name is None else name)
 
-  def columns(self, keep) -> "AttributeTable":
+  def columns(self, keep) -> AttributeTable:
     """Only the attributes at column indices `keep`."""
     keep = list(keep)
     return dataclasses.replace(self, names=tuple(self.names[i] for i in keep),
                                values=self.values[:, keep])
 
-  def split(self, fraction: float, seed: int = 0) -> tuple["AttributeTable", "AttributeTable"]:
+  def split(self, fraction: float, seed: int = 0) -> tuple[AttributeTable, AttributeTable]:
     """(rest, held out): a seeded random `fraction` of the rows held out."""
     m = len(self)
     held = int(round(fraction * m))
@@ -99,7 +99,7 @@ class AttributeTable:
             self.subset(np.sort(order[:held]), f"{self.name} [held out]"))
 
   @classmethod
-  def from_dataset(cls, dataset: _data.ImageDataset) -> "AttributeTable":
+  def from_dataset(cls, dataset: _data.ImageDataset) -> AttributeTable:
     """A dataset's labelled attributes (e.g. CelebA's 40) for its images."""
     if dataset.attributes is None:
       raise ValueError(f"{dataset.name or 'the dataset'} has no attribute labels")
@@ -108,7 +108,7 @@ class AttributeTable:
 
   @classmethod
   def from_csv(cls, path, image_dir=None, *, image_size: int | None = None,
-               progress: bool = False) -> "AttributeTable":
+               progress: bool = False) -> AttributeTable:
     """Reads a CSV file: a header, then one row per image file.
 
     The first column names an image file; every other column is an attribute
@@ -139,7 +139,7 @@ class AttributeTable:
                          f"{len(header)}")
       files.append(row[0].strip())
       parsed = []
-      for name, cell in zip(names, row[1:]):
+      for name, cell in zip(names, row[1:], strict=True):
         text = cell.strip().lower()
         if text not in _TRUE | _FALSE:
           raise ValueError(f"{path}: line {line}, {name}: {cell.strip()!r} is not a binary "
@@ -229,5 +229,5 @@ def descriptor_tables(*datasets: _data.ImageDataset):
   names = _descriptors.DESCRIPTOR_ATTRIBUTE_NAMES
   tables = [AttributeTable(names, _descriptors.binarize_descriptors(v, thresholds)[0],
                            images=d.images, files=d.files, name=f"{d.name} descriptors")
-            for d, v in zip(datasets, values)]
-  return tables, dict(zip(names, thresholds.tolist()))
+            for d, v in zip(datasets, values, strict=True)]
+  return tables, dict(zip(names, thresholds.tolist(), strict=True))

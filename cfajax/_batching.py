@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -15,6 +17,11 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   if x.shape[0] == size:
     return x
   return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def _first_rows(tree: Any, m: int) -> Any:
+  """The first `m` rows of every array of a pytree, on the host."""
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:m], tree)
 
 
 def map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int) -> Any:
@@ -35,8 +42,7 @@ def map_batches(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int) -> 
   for start in range(0, n, size):
     batch = [pad_rows(a[start:start + size], size) for a in arrays]
     out = fn(*batch)
-    parts.append(jax.tree_util.tree_map(
-        lambda a, m=min(size, n - start): np.asarray(a)[:m], out))
+    parts.append(_first_rows(out, min(size, n - start)))
   return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 

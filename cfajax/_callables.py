@@ -11,7 +11,8 @@ arguments. Two calls with the same model structure then share one compilation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx

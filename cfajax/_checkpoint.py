@@ -89,7 +89,9 @@ def save_model(path, model: nnx.Module, *, metrics: Any = None) -> Path:
   path = Path(path).absolute()
   kind = model_kind(model)
   meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
-          "config": model.config.to_dict(), "metrics": metrics,
+          # model_kind took it: each of cfajax's models has a config.
+          "config": model.config.to_dict(),  # pyright: ignore[reportAttributeAccessIssue]
+          "metrics": metrics,
           "cfajax_version": _version()}
   json.dumps(meta, default=_json_default)  # fail before writing anything
   weights = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
@@ -244,7 +246,8 @@ def load_model(path) -> nnx.Module:
   if meta["format_version"] >= 2 and _hashing.digest_tree(weights) != meta["weights_sha256"]:
     raise ValueError(f"the weights restored from {state_dir} differ from those that were "
                      "saved (weights_sha256 does not match): the checkpoint is damaged")
-  nnx.replace_by_pure_dict(state, weights)
+  # A dict, as the template is.
+  nnx.replace_by_pure_dict(state, weights)  # pyright: ignore[reportArgumentType]
   nnx.update(model, state)
   unrestored = [key for key, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
                 if isinstance(leaf, jax.ShapeDtypeStruct)]

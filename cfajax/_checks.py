@@ -49,7 +49,7 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = INT3
   if not isinstance(value, numbers.Integral):
     if not (math.isfinite(value) and float(value).is_integer()):
       raise ValueError(f"{name} must be an integer; got {value!r}")
-  value = int(value)
+  value = int(value)  # pyright: ignore[reportArgumentType]  (typeshed: no int() of a Real)
   if (low is not None and value < low) or (high is not None and value > high):
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high

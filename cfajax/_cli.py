@@ -122,7 +122,8 @@ def _add_explain_parser(commands) -> None:
       parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=field.default,
                           help=help_text)
     else:
-      default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+      default = (",".join(map(str, field.default)) if isinstance(field.default, tuple)
+                 else field.default)
       shown = "" if default is None else f" (default: {default})"
       parser.add_argument(*flags, type=_parse_value(kind), default=field.default,
                           help=f"{help_text}{shown}")
@@ -133,8 +134,8 @@ def _add_explain_parser(commands) -> None:
 
 
 def _run_explain(args) -> int:
-  from cfajax._explain_config import ExplainConfig
   from cfajax._explain import explain
+  from cfajax._explain_config import ExplainConfig
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExplainConfig)}
   try:
     summary = explain(ExplainConfig(**values), progress=not args.no_progress,
@@ -207,7 +208,8 @@ def _add_train_parser(commands) -> None:
   train.add_argument("--dataset", choices=sorted(RECIPES), required=True)
   train.add_argument("--data-dir", help="folder with the dataset's files (or holding mnist/ or "
                      "celeba/); default $CFAJAX_DATA_DIR, else tensorflow-datasets")
-  train.add_argument("--out", required=True, help="checkpoint folder to write (replaced if present)")
+  train.add_argument("--out", required=True,
+                     help="checkpoint folder to write (replaced if present)")
   train.add_argument("--epochs", type=int, help="passes over the training data (default: the "
                      "dataset's recipe)")
   train.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's)")

@@ -25,8 +25,8 @@ import re
 import shutil
 import socket
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class ImageDataset:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 
-  def subset(self, indices, name: str | None = None) -> "ImageDataset":
+  def subset(self, indices, name: str | None = None) -> ImageDataset:
     """The examples at `indices` (an index array, a boolean mask or a slice)."""
     take = lambda a: None if a is None else a[indices]
     return dataclasses.replace(
@@ -115,14 +115,15 @@ class ImageDataset:
         attributes=take(self.attributes), ids=take(self.ids), files=take(self.files),
         name=self.name if name is None else name)
 
-  def with_images(self, images, name: str | None = None) -> "ImageDataset":
+  def with_images(self, images, name: str | None = None) -> ImageDataset:
     """The same examples with other images (e.g. reconstructions), labels kept."""
     return dataclasses.replace(self, images=np.asarray(images, np.float32),
                                name=self.name if name is None else name)
 
   def attribute(self, name: str) -> np.ndarray:
     """The (n,) column of one attribute."""
-    return self.attributes[:, self.attribute_index(name)]
+    # attribute_index raises KeyError where there are no attributes.
+    return self.attributes[:, self.attribute_index(name)]  # pyright: ignore[reportOptionalSubscript]
 
   def attribute_index(self, name: str) -> int:
     if self.attributes is None or name not in self.attribute_names:
@@ -170,8 +171,9 @@ def load_digits() -> ImageDataset:
   """
   from sklearn.datasets import load_digits as sklearn_digits
   digits = sklearn_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
-  return ImageDataset(images, digits.target.astype(np.int32),
+  # scikit-learn's annotations allow a tuple (return_X_y=True); this is a Bunch.
+  images = (digits.images / 16.0).astype(np.float32)[..., None]  # pyright: ignore[reportAttributeAccessIssue]
+  return ImageDataset(images, digits.target.astype(np.int32),  # pyright: ignore[reportAttributeAccessIssue]
                       ids=np.arange(len(images), dtype=np.int64), name="digits")
 
 
@@ -325,7 +327,7 @@ NETWORK_TIMEOUT_S = 3.0
 
 def _import_tfds(hint: str):
   try:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # pyright: ignore[reportMissingImports]  (optional)
   except ImportError as e:
     raise RuntimeError("tensorflow-datasets is not installed (it is optional: pip install "
                        f"'cfajax[tfds]'); or {hint}") from e
@@ -639,11 +641,11 @@ def load_celeba(
   files = _celeba_images_in(image_dir)
   present = listed & np.isin(numbers, np.fromiter(files, np.int64, len(files)))
   if not present.any():
-    example = min(files) if files else None
+    example = f", e.g. {files[min(files)].name}" if files else ""
     raise ValueError(
         f"none of the {int(listed.sum())} images listed for split {split!r} in "
         f"{attr_path.name} were found in {image_dir} (it holds {len(files)} CelebA-named "
-        f"images{f', e.g. {files[example].name}' if files else ''})")
+        f"images{example})")
   unlisted = len(set(files) - set(numbers.tolist()))
   if unlisted:
     logger.warning("%d images in %s have no row in %s; ignored", unlisted, image_dir,
@@ -691,7 +693,9 @@ def _celeba_from_tfds(split: str, image_size: int, progress: bool) -> ImageDatas
     attributes.append([bool(record["attributes"][n]) for n in names])
   return ImageDataset(
       images=np.stack(images).astype(np.float32) / 255.0,
-      attributes=np.array(attributes, np.uint8), attribute_names=names,
+      # names is the first record's: np.stack has failed already where there is none.
+      attributes=np.array(attributes, np.uint8),
+      attribute_names=names,  # pyright: ignore[reportArgumentType]
       name=f"celeba/{split} (tfds)")
 
 
@@ -781,7 +785,8 @@ def load_image_folder(folder, image_size: int | None = None, *,
     raise FileNotFoundError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
   images = read_images(paths, image_size, progress=progress)
   return ImageDataset(images, ids=np.arange(len(paths), dtype=np.int64),
-                      files=np.array([p.name for p in paths]), name=f"{folder.name}/ ({len(paths)} images)")
+                      files=np.array([p.name for p in paths]),
+                      name=f"{folder.name}/ ({len(paths)} images)")
 
 
 def load_tfds_images(name: str, split: str = "test") -> ImageDataset:

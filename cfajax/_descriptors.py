@@ -59,7 +59,8 @@ def _thinning_pass(ink: jax.Array, first: bool) -> jax.Array:
   p2, p3, p4, p5, p6, p7, p8, p9 = n = _neighbours(ink)
   count = sum(q.astype(jnp.uint8) for q in n)  # B(P1)
   ring = n + n[:1]
-  transitions = sum((~a & b).astype(jnp.uint8) for a, b in zip(ring[:-1], ring[1:]))  # A(P1)
+  transitions = sum((~a & b).astype(jnp.uint8)  # A(P1)
+                    for a, b in zip(ring[:-1], ring[1:], strict=True))
   if first:  # not (P2 P4 P6) and not (P4 P6 P8)
     keep_edge = ~(p4 & p6 & (p2 | p8))
   else:  # not (P2 P4 P8) and not (P2 P6 P8)

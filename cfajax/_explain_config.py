@@ -269,8 +269,8 @@ def check_config(config: ExplainConfig) -> None:
 
   from cfajax import _checks
   from cfajax import _data
-  from cfajax import attacks
   from cfajax import _presets
+  from cfajax import attacks
   c = config
   if c.dataset is not None:
     _checks.choice("dataset", c.dataset, _presets.PRESETS)

@@ -131,7 +131,7 @@ def check_contract(config, inputs: Inputs,
     if table.latents is not None and table.latents.shape[1] != latent_dim:
       raise ValueError(f"{table.name} has latents of size {table.latents.shape[1]}; the "
                        f"generator's are {latent_dim}")
-  return Contract(shape, latent_dim, logits[1])
+  return Contract(shape, latent_dim, logits[1])  # pyright: ignore[reportArgumentType]  (set above)
 
 
 def latents_of(config, parts: _sources.GeneratorParts, contract: Contract,
@@ -213,7 +213,7 @@ class RunLatents:
 
   def remember(self, images: np.ndarray, z: np.ndarray, errors: np.ndarray) -> None:
     """Takes latents found beforehand, with their pixel errors, as these images' inversions."""
-    for image, latent, error in zip(images, z, errors):
+    for image, latent, error in zip(images, z, errors, strict=True):
       self._found.setdefault(image_digest(image), (latent, error))
 
   def __call__(self, images: np.ndarray, what: str):
@@ -234,11 +234,12 @@ class RunLatents:
       z, errors = latents_of(self._config, self._parts, self._contract, images[rows], what,
                              self._progress, self._log)
       self.inverted += len(rows)
-      for key, latent, error in zip(new, z, errors):
+      # Latents found by inversion come with their errors.
+      for key, latent, error in zip(new, z, errors, strict=True):  # pyright: ignore[reportArgumentType]
         self._found[key] = (latent, error)
     if not keys:
       return (np.zeros((0, self._contract.latent_dim), np.float32), np.zeros((0,), np.float32))
-    z, errors = zip(*(self._found[key] for key in keys))
+    z, errors = zip(*(self._found[key] for key in keys), strict=True)
     return np.stack(z), np.asarray(errors)
 
 
@@ -246,7 +247,8 @@ def table_latents(config, latents: RunLatents, table: AttributeTable):
   """(latents, labels, how many were dropped) of a table; badly inverted images are dropped."""
   if table.latents is not None:
     return table.latents, table.values, 0
-  z, errors = latents(table.images, f"images of {table.name}")
+  # A table has latents or images.
+  z, errors = latents(table.images, f"images of {table.name}")  # pyright: ignore[reportArgumentType]
   if errors is None:
     return z, table.values, 0
   bad, _ = badly_inverted(config, errors)

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
+from typing import overload
 
 import jax
 import jax.numpy as jnp
@@ -56,13 +60,14 @@ def _check_widths(widths, name: str) -> tuple[int, ...]:
 class _Config:
   """`to_dict`/`from_dict` for the frozen config dataclasses (JSON-safe)."""
 
+  # dataclasses.fields: the subclasses are dataclasses.
   def to_dict(self) -> dict[str, Any]:
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-            for f in dataclasses.fields(self)}
+            for f in dataclasses.fields(self)}  # pyright: ignore[reportArgumentType]
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}  # pyright: ignore[reportArgumentType]
     unknown = set(d) - names
     if unknown:
       raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected {sorted(names)}")
@@ -176,7 +181,8 @@ def _subpixel_decoder(latent_dim: int, widths, channels: int, flat: int, rngs):
   """The layers of a sub-pixel convolutional decoder (shared by the VAE and the GAN)."""
   outs = tuple(widths[-2::-1]) + (channels,)
   return (nnx.Linear(latent_dim, flat, rngs=rngs),
-          nnx.data([_conv_layer(i, 4 * o, (3, 3), rngs=rngs) for i, o in zip(widths[::-1], outs)]))
+          nnx.data([_conv_layer(i, 4 * o, (3, 3), rngs=rngs)
+                    for i, o in zip(widths[::-1], outs, strict=True)]))
 
 
 def _subpixel_decode(from_latent, decoder, heights, widths_px, last_width, z):
@@ -185,7 +191,7 @@ def _subpixel_decode(from_latent, decoder, heights, widths_px, last_width, z):
   where a size was odd."""
   h = nnx.silu(from_latent(z))
   h = h.reshape(z.shape[0], heights[-1], widths_px[-1], last_width)
-  for level, conv in zip(range(len(decoder) - 1, -1, -1), decoder):
+  for level, conv in zip(range(len(decoder) - 1, -1, -1), decoder, strict=True):
     h = _depth_to_space(conv(h))[:, :heights[level], :widths_px[level]]
     if level > 0:
       h = nnx.silu(h)
@@ -229,7 +235,7 @@ class ConvVAE(nnx.Module):
     self.widths_px = tuple(_halvings(width, len(widths)))
     ins = (channels,) + widths[:-1]
     self.encoder = nnx.data([_conv_layer(i, o, (4, 4), strides=2, rngs=rngs)
-                             for i, o in zip(ins, widths)])
+                             for i, o in zip(ins, widths, strict=True)])
     flat = self.heights[-1] * self.widths_px[-1] * widths[-1]
     self.to_mean = nnx.Linear(flat, config.latent_dim, rngs=rngs)
     self.to_logvar = nnx.Linear(flat, config.latent_dim, rngs=rngs)
@@ -428,7 +434,7 @@ class ConvDiscriminator(nnx.Module):
     height, width, channels = config.image_shape
     ins = (channels,) + config.widths[:-1]
     self.convs = nnx.data([_conv_layer(i, o, (4, 4), strides=2, rngs=rngs)
-                           for i, o in zip(ins, config.widths)])
+                           for i, o in zip(ins, config.widths, strict=True)])
     flat = (_halvings(height, len(config.widths))[-1] * _halvings(width, len(config.widths))[-1]
             * config.widths[-1])
     self.out = nnx.Linear(flat, 1, rngs=rngs)
@@ -647,9 +653,10 @@ class TranslationNet(nnx.Module):
     self.stem = _conv_layer(channels + k, widths[0], (3, 3), rngs=rngs)
     self.down = nnx.data([_conv_layer(i + (k if level == len(widths) - 1 else 0), o, (4, 4),
                                    strides=2, rngs=rngs)
-                          for level, (i, o) in enumerate(zip(widths[:-1], widths[1:]), 1)])
+                          for level, (i, o)
+                          in enumerate(zip(widths[:-1], widths[1:], strict=True), 1)])
     self.up = nnx.data([_conv_layer(o + i, i, (3, 3), rngs=rngs)
-                        for i, o in zip(widths[:-1], widths[1:])][::-1])
+                        for i, o in zip(widths[:-1], widths[1:], strict=True)][::-1])
     self.out = _conv_layer(widths[0], channels, (1, 1), kernel_init=nnx.initializers.zeros,
                         rngs=rngs)
 
@@ -666,7 +673,7 @@ class TranslationNet(nnx.Module):
       skips.append(h)
       h = self._with_target(h, onehot) if level == len(self.down) else h
       h = nnx.silu(conv(h))
-    for conv, skip in zip(self.up, skips[::-1]):
+    for conv, skip in zip(self.up, skips[::-1], strict=True):
       h = jax.image.resize(h, skip.shape[:3] + h.shape[3:], "nearest")
       h = nnx.silu(conv(jnp.concatenate([h, skip], axis=-1)))
     return jnp.tanh(self.out(h))
@@ -756,6 +763,18 @@ def select_output(classifier: Classifier, attribute: str):
   return classifier if len(names) == 1 else OneOutput(classifier, names.index(attribute))
 
 
+@overload
+def build_model(kind: Literal["vae"], config, seed: int = 0) -> ConvVAE: ...
+@overload
+def build_model(kind: Literal["classifier"], config, seed: int = 0) -> Classifier: ...
+@overload
+def build_model(kind: Literal["gan"], config, seed: int = 0) -> ConvGAN: ...
+@overload
+def build_model(kind: Literal["duq"], config, seed: int = 0) -> DUQ: ...
+@overload
+def build_model(kind: Literal["translator"], config, seed: int = 0) -> Translator: ...
+@overload
+def build_model(kind: str, config, seed: int = 0) -> nnx.Module: ...
 def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
   """Builds the model of `kind` ("vae", "classifier", "gan", "duq" or "translator") from
   its config."""

@@ -34,7 +34,8 @@ def fit_softmax_regression(images: np.ndarray, labels: np.ndarray, steps: int = 
 
   def loss(p):
     logits = x @ p[0] + p[1]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 1e-3 * jnp.sum(p[0] ** 2)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            + 1e-3 * jnp.sum(p[0] ** 2))
 
   @jax.jit
   def step(p, s):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,8 @@ def _restore_or_train(kind, path, config, train, test, progress, log):
   if os.path.exists(path):
     return _checkpoint.load_model(path), {"checkpoint": path, "trained_now": False}
   log(f"training the {kind} ({path} does not exist yet)")
-  options = dict(seed=config.seed, batch_size=config.train_batch_size or None, progress=progress)
+  options: dict[str, Any] = dict(seed=config.seed, batch_size=config.train_batch_size or None,
+                                 progress=progress)
   if kind == "VAE":
     model, history, info = _recipes.train_model(
         "vae", config.dataset, train, test, epochs=config.vae_epochs or None,

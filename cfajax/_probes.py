@@ -26,7 +26,8 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -154,8 +155,9 @@ def fit_one_probe(x, y, weight, penalty, tol, max_iter) -> FitResult:
 
   params, state, _, grad = jax.lax.while_loop(
       going_on, body, (params, solver.init(params), value, grad))
+  # optax's annotations make `params` any pytree; it is (coef, intercept).
   return FitResult(
-      coef=params[0], intercept=params[1],
+      coef=params[0], intercept=params[1],  # pyright: ignore[reportIndexIssue, reportArgumentType]
       iterations=otu.tree_get(state, "count").astype(jnp.int32),
       grad_norm=otu.tree_norm(grad))
 
@@ -183,7 +185,8 @@ def _fit_all(x, y, weight, penalty, tol, max_iter, *, batch_size) -> FitResult:
 
   `batch_size` attributes share one vmapped loop; 1 runs them one at a time.
   """
-  fit = lambda args: fit_one_probe(x, *args, tol, max_iter)
+  # args is (y, weight, penalty), a length pyright cannot see.
+  fit = lambda args: fit_one_probe(x, *args, tol, max_iter)  # pyright: ignore[reportCallIssue]
   return jax.lax.map(fit, (y, weight, penalty), batch_size=None if batch_size == 1 else batch_size)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING
+from typing import Any
 
 if TYPE_CHECKING:
   from cfajax import _data
@@ -112,7 +113,8 @@ def load_train_test(dataset: str, data_dir=None, *, image_size: int = 64,
   except ValueError:  # no validation images present (e.g. only the first 10,000 faces)
     train, test = _data.split_dataset(train, holdout, seed=None)
     log(f"celeba: no validation images present; held out the last {len(test)} of the "
-        f"training split (ids {test.ids[0]}..{test.ids[-1]}) for evaluation, "
+        # CelebA's images carry their ids.
+        f"training split (ids {test.ids[0]}..{test.ids[-1]}) for evaluation, "  # pyright: ignore[reportOptionalSubscript]
         f"{len(train)} remain for training")
   return train, test
 
@@ -141,7 +143,7 @@ def classifier_config(dataset: str, image_shape, *, attributes=None, oracle: boo
   r = recipe(dataset)
   if dataset == "celeba":
     names = tuple(attributes or CELEBA_DEFAULT_ATTRIBUTES)
-    head = dict(num_outputs=len(names), head="sigmoid", output_names=names)
+    head: dict[str, Any] = dict(num_outputs=len(names), head="sigmoid", output_names=names)
   else:
     if attributes:
       raise ValueError(f"attributes apply to CelebA; {dataset} has class labels")
@@ -231,9 +233,10 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
   seed = (1 if oracle else 0) if seed is None else seed
   part = part or default_train_part(kind, oracle)
   data = train_part(train, part)
-  options = dict(epochs=epochs or (r.vae_epochs if kind == "vae" else r.classifier_epochs),
-                 batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 1e-3,
-                 weight_decay=weight_decay, seed=seed, progress=progress, on_epoch=on_epoch)
+  options: dict[str, Any] = dict(
+      epochs=epochs or (r.vae_epochs if kind == "vae" else r.classifier_epochs),
+      batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 1e-3,
+      weight_decay=weight_decay, seed=seed, progress=progress, on_epoch=on_epoch)
   if kind == "vae":
     config = vae_config(dataset, data.image_shape, latent_dim=latent_dim, widths=widths, beta=beta)
     model, history = _train.train_vae(_models.build_model("vae", config, seed), data, test,
@@ -256,7 +259,7 @@ def _training_info(data, part: str, seed: int, epochs: int, batch_size: int) -> 
 def _with_attribute_labels(dataset: _data.ImageDataset, attribute: str) -> _data.ImageDataset:
   """`dataset` with one binary attribute's values (0 or 1) as its class labels."""
   import numpy as np
-  column = dataset.attributes[:, dataset.attribute_index(attribute)]
+  column = dataset.attribute(attribute)
   return dataclasses.replace(dataset, labels=np.asarray(column, np.int32))
 
 
@@ -277,7 +280,8 @@ def _train_on_classes(kind: str, dataset: str, train, test, *, part, seed, epoch
   part = part or default_train_part(kind)
   data = train_part(train, part)
   seed = 0 if seed is None else seed
-  classes = max(int(max(data.labels.max(), test.labels.max())) + 1, 2)
+  # Datasets with classes have labels (CelebA's from the attribute above).
+  classes = max(int(max(data.labels.max(), test.labels.max())) + 1, 2)  # pyright: ignore[reportOptionalMemberAccess]
   batch_size = batch_size or r.batch_size
   if kind == "duq":
     config = _models.DUQConfig(data.image_shape, num_classes=classes,

@@ -27,11 +27,11 @@ import socket
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import numpy as np
+from typing import Any
+from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from cfajax import _hashing
 
@@ -118,7 +118,8 @@ class FolderLock:
     return self
 
   def __exit__(self, *exc):
-    self.file.close()  # releases the lock; the file stays, so no one races to recreate it
+    # Releases the lock; the file stays, so no one races to recreate it.
+    self.file.close()  # pyright: ignore[reportOptionalMemberAccess]  (__enter__ opened it)
 
 
 # -- run.json ------------------------------------------------------------------
@@ -321,5 +322,6 @@ def _gather_rows(rows: dict[str, np.ndarray], mine: np.ndarray) -> dict[str, np.
   out = {}
   for name, value in rows.items():
     masked = np.where(mine.reshape((-1,) + (1,) * (value.ndim - 1)), value, 0)
-    out[name] = np.asarray(multihost_utils.process_allgather(masked)).sum(axis=0).astype(value.dtype)
+    gathered = np.asarray(multihost_utils.process_allgather(masked))
+    out[name] = gathered.sum(axis=0).astype(value.dtype)
   return out

@@ -113,13 +113,14 @@ def _fit_rows(problem, labels, weights, penalties, tol, max_iter, progress, what
     for start in range(0, rows, size):
       stop = min(rows, start + size)
       pad = size - (stop - start)
-      take = lambda a: np.concatenate([a[start:stop], np.repeat(a[stop - 1:stop], pad, 0)])
+      # The closures below are called within this iteration, so they see this iteration's values.
+      take = lambda a: np.concatenate([a[start:stop], np.repeat(a[stop - 1:stop], pad, 0)])  # noqa: B023
       result = _probes._fit_all(
           problem.x, jnp.asarray(take(labels), dtype), jnp.asarray(take(weights), dtype),
           jnp.asarray(take(penalties), dtype), jnp.asarray(tol, dtype),
           jnp.asarray(max_iter, jnp.int32), batch_size=1 if jax.default_backend() == "cpu"
           else size)
-      parts.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))
+      parts.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))  # noqa: B023
       if bar is not None:
         bar.update(stop - start)
   finally:

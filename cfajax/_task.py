@@ -111,7 +111,7 @@ class DecisionTask:
     negatives = min(int(round(limit * len(rows[0]) / n)), len(rows[0]))
     counts = (negatives, limit - negatives)
     return np.sort(np.concatenate([rng.choice(r, k, replace=False)
-                                   for r, k in zip(rows, counts)]))
+                                   for r, k in zip(rows, counts, strict=True)]))
 
   def side_name(self, positive: bool) -> str:
     """The decision's positive or negative side, in words."""

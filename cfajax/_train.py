@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +26,11 @@ from flax import nnx
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._data import ImageDataset
+from cfajax._models import DUQ
 from cfajax._models import Centroid
 from cfajax._models import Classifier
 from cfajax._models import ConvGAN
 from cfajax._models import ConvVAE
-from cfajax._models import DUQ
 from cfajax._models import Translator
 from cfajax._models import bernoulli_bce
 from cfajax._models import gaussian_kl
@@ -118,7 +120,7 @@ def _fit(model, dataset: ImageDataset, targets, step_fn, evaluate, *, epochs, ba
           bar.update()
           if i % 50 == 0:
             bar.set_postfix(epoch=epoch, loss=f"{float(per_step[-1]['loss']):.4g}")
-      record = {"epoch": epoch}
+      record: dict[str, Any] = {"epoch": epoch}
       record.update({f"train_{k}": v
                      for k, v in _flatten(_mean_metrics(per_step), names).items()})
       record.update({f"test_{k}": v for k, v in evaluate().items()})
@@ -142,7 +144,7 @@ def _flatten(metrics: dict[str, Any], names: Sequence[str] = ()) -> dict[str, fl
       continue
     base = key.removesuffix("_per_output")
     labels = names if len(names) == value.size else range(value.size)
-    out.update({f"{base}/{label}": float(v) for label, v in zip(labels, value)})
+    out.update({f"{base}/{label}": float(v) for label, v in zip(labels, value, strict=True)})
   return out
 
 
@@ -274,7 +276,8 @@ def classifier_targets(classifier: Classifier, dataset: ImageDataset) -> np.ndar
       return np.asarray(dataset.attributes[:, columns], np.int32)
     if dataset.attributes.shape[1] == config.num_outputs:
       return np.asarray(dataset.attributes, np.int32)
-  if config.num_outputs == 1 and dataset.labels is not None and np.isin(dataset.labels, (0, 1)).all():
+  if (config.num_outputs == 1 and dataset.labels is not None
+      and np.isin(dataset.labels, (0, 1)).all()):
     return np.asarray(dataset.labels, np.int32)[:, None]
   raise ValueError(
       f"a sigmoid classifier with {config.num_outputs} outputs "

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, ClassVar, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import ClassVar
+from typing import NamedTuple
 
 import numpy as np
 
@@ -252,8 +255,8 @@ class DataFreeAttack:
 
     def run(rows, target, bar):
       result = _data_free.data_free_attack(
-          models.classify, rows.reshape(len(rows), *shape), target, manifold=models.extra.get("manifold"),
-          batch_size=pool_size, progress=bar, **options)
+          models.classify, rows.reshape(len(rows), *shape), target,
+          manifold=models.extra.get("manifold"), batch_size=pool_size, progress=bar, **options)
       return _image_rows(np.asarray(result.images), result)
 
     return run

@@ -363,7 +363,7 @@ def counterfactual_report(result: AttackResult, *, counterfactuals, starts, imag
   n = _same_length(counterfactuals=counterfactuals, starts=starts, images=images,
                    z=z, result=np.asarray(result.steps))
   judged = np.asarray(result.success)
-  report = {"validity": validity(result)}
+  report: dict[str, Any] = {"validity": validity(result)}
   distances = proximity(counterfactuals, starts, images=images, z=z,
                         z_cf=None if z is None else result.z)
   report["proximity"] = {name: _summary(v, judged) for name, v in distances.items()}

@@ -13,7 +13,7 @@ inside the mask).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -176,10 +176,10 @@ def plant_defects(images, *, fraction: float = 0.5, length=(6, 10), width: int =
 
   A random `fraction` of the images get one straight stroke, `width` pixels
   wide (a square brush), through a random number of pixels in `length` along
-  its direction, at a random angle and position (wholly inside the image), drawn at `intensity` (each pixel the max of the image and the
-  stroke). A classifier trained to tell defective images from clean ones
-  decides by the stroke alone, so the stroke's pixels are where a
-  faithful saliency map must point.
+  its direction, at a random angle and position (wholly inside the image), drawn at
+  `intensity` (each pixel the max of the image and the stroke). A classifier
+  trained to tell defective images from clean ones decides by the stroke alone,
+  so the stroke's pixels are where a faithful saliency map must point.
 
   Args:
     images: (n, H, W, C) images in [0, 1].

@@ -88,7 +88,7 @@ def global_figure(path, psis):
   """One panel per classifier: its top-5 psi with 95% bootstrap intervals."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(psis), figsize=(3.6 * len(psis), 2.4), squeeze=False)
-  for ax, (name, psi) in zip(axes[0], psis.items()):
+  for ax, (name, psi) in zip(axes[0], psis.items(), strict=True):
     top = list(psi.ranking[:TOP])[::-1]
     values = psi.psi[top]
     errors = np.stack([values - psi.ci_low[top], psi.ci_high[top] - values])
@@ -144,8 +144,8 @@ def main(argv=None):
             "held_out": len(x), "auxiliary": len(aux), "thresholds": thresholds,
             "pixel_faces": min(args.pixel or len(x), len(x)), "excluded_attributes": excluded,
             "probes": {"mean_auc": float(np.nanmean(probes.val_auc)),
-                       "auc": dict(zip(names, map(float, probes.val_auc))),
-                       "accuracy": dict(zip(names, map(float, probes.val_accuracy)))}}
+                       "auc": dict(zip(names, map(float, probes.val_auc), strict=True)),
+                       "accuracy": dict(zip(names, map(float, probes.val_accuracy), strict=True))}}
   clock.lap("load_encode_probes")
 
   rows, psis, stability = [], {}, {}

@@ -20,7 +20,8 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 def hardware() -> str:
   devices = jax.devices()
   kind = devices[0].device_kind if devices else "?"
-  return f"{platform.processor() or platform.machine()}, {len(devices)} {devices[0].platform} device(s) ({kind})"
+  return (f"{platform.processor() or platform.machine()}, {len(devices)} "
+          f"{devices[0].platform} device(s) ({kind})")
 
 
 def load_runs(runs: Path):

@@ -135,8 +135,10 @@ def measure(name, images, cf, result, target, seconds, oracle, features, referen
   certainty = target_certainty(duq, cf, target)
   return {
       "variant": name, "n": int(len(images)), "flip_rate": float(success.mean()),
-      "median_steps": float(np.median(np.asarray(result.steps)[success])) if success.any() else None,
-      "oracle_agreement": metrics.oracle_agreement(oracle, cf, target, success=success)["agreement"],
+      "median_steps": (float(np.median(np.asarray(result.steps)[success])) if success.any()
+                       else None),
+      "oracle_agreement": metrics.oracle_agreement(oracle, cf, target,
+                                                   success=success)["agreement"],
       "median_l1": float(np.median(np.abs(delta).mean(1))) if success.any() else None,
       "median_l2": float(np.median(np.linalg.norm(delta, axis=1))) if success.any() else None,
       "frechet": metrics.frechet_distance(features, cf, reference, success=success)["distance"],
@@ -195,14 +197,15 @@ def ablation(classifier, oracle, duq, vae, x, z, target, reference, weights=None
                                           threshold=threshold, **LATENT, optimizer="ascent")
     return result, np.asarray(apply(vae.decode, np.asarray(result.z)))
 
+  # Each closure in this loop is called within its iteration, so it sees that iteration's values.
   for threshold in THRESHOLDS:
-    attack("pixel attack", threshold, lambda: pixel(threshold))
+    attack("pixel attack", threshold, lambda: pixel(threshold))  # noqa: B023
     for name, options in variants(weights).items():
       def run(options=options):
-        result = data_free(classifier, duq, x, target, threshold, options)
+        result = data_free(classifier, duq, x, target, threshold, options)  # noqa: B023
         return result, np.asarray(result.images)
       attack(name, threshold, run)
-    attack("latent attack (VAE)", threshold, lambda: latent(threshold))
+    attack("latent attack (VAE)", threshold, lambda: latent(threshold))  # noqa: B023
   return rows, images, reached
 
 
@@ -272,7 +275,7 @@ def run_mnist(args, record, clock):
   chosen = [np.flatnonzero((test.labels == a) & (predicted == a))[:args.per_pair] for a, _ in PAIRS]
   idx = np.concatenate(chosen)
   x = test.images[idx]
-  target = np.concatenate([np.full(len(c), b) for c, (_, b) in zip(chosen, PAIRS)])
+  target = np.concatenate([np.full(len(c), b) for c, (_, b) in zip(chosen, PAIRS, strict=True)])
   source = test.labels[idx]
   rng = np.random.default_rng(0)
   reference = np.stack([train.images[rng.choice(np.flatnonzero(train.labels == t))]

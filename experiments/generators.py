@@ -130,7 +130,8 @@ def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
   starts = np.asarray(apply(decode, z))
   out = {"reconstruction_mse_median": float(np.median(np.mean((starts - x) ** 2, (1, 2, 3))))}
   decided = lambda images: np.asarray(apply(classifier, images))
-  same = lambda a, b: (a.argmax(-1) == b.argmax(-1)) if a.shape[-1] > 1 else ((a > 0) == (b > 0))[:, 0]
+  same = lambda a, b: ((a.argmax(-1) == b.argmax(-1)) if a.shape[-1] > 1
+                       else ((a > 0) == (b > 0))[:, 0])
   out["reconstruction_agreement"] = float(np.mean(same(decided(starts), decided(x))))
   sets = {"G(z)": starts}
   for threshold in thresholds:
@@ -143,7 +144,8 @@ def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
       status, steps, z_t = map(np.asarray, (result.status, result.steps, result.z))
     success = status == cfajax.Status.REACHED
     cf = np.asarray(apply(decode, z_t))
-    l2 = lambda a, b: np.sqrt(np.sum((a - b) ** 2, (1, 2, 3)))[success]
+    # The closure below is called within this iteration, so it sees this iteration's values.
+    l2 = lambda a, b: np.sqrt(np.sum((a - b) ** 2, (1, 2, 3)))[success]  # noqa: B023
     out[f"t{threshold}"] = {
         "flip_rate": float(success.mean()),
         "median_steps": float(np.median(steps[success])) if success.any() else None,
@@ -247,7 +249,7 @@ def main(argv=None):
                 for a in psi.ranking[:5]],
           split_half=split_half_overlap(ex["phi"][rows], ex["original_prob"][rows], success,
                                         names))
-      result["psi"] = dict(zip(psi.names, map(float, psi.psi)))
+      result["psi"] = dict(zip(psi.names, map(float, psi.psi), strict=True))
       entry[g] = result
       figure[g] = (np.asarray(apply(decode, ex["z"][rows[:8]])),
                    np.asarray(apply(decode, ex["z_cf"][rows[:8]])))

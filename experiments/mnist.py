@@ -41,8 +41,8 @@ from common import Stopwatch
 from common import apply
 from common import compact
 from common import hardware
-from common import load_runs
 from common import latent_and_pixel
+from common import load_runs
 from common import markdown_table
 from common import percent
 from common import print_report
@@ -112,7 +112,7 @@ def main(argv=None):
   frames = progression(vae.decode, classifier, z[show], y[show], FRACTIONS,
                        np.asarray(fixed.steps)[:10], **LATENT)
   progression_grid(FIGURES / "mnist_misclassified.png", x[show], frames,
-                   [f"{p}→{t}" for p, t in zip(predicted[show], y[show])],
+                   [f"{p}→{t}" for p, t in zip(predicted[show], y[show], strict=True)],
                    [f"{int(f * 100)}%" for f in FRACTIONS],
                    title="fixing misclassified test digits (predicted→true)")
   clock.lap("misclassified")
@@ -151,7 +151,7 @@ def main(argv=None):
         (pooled if a is None else rows).append(row)
     if threshold == LATENT["threshold"]:
       paths, side_by_side = [], []
-      for i, (a, b) in enumerate(sources):
+      for i in range(len(sources)):
         ok = np.nonzero((pair_of == i) & np.asarray(latent.success)
                         & np.asarray(pixel.success))[0]
         paths.extend(ok[:2])

@@ -262,12 +262,12 @@ def draw(record):
   plt = _pyplot()
   panels = [(name, norm) for name in record["datasets"] for norm in ("linf", "l2")]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
-  for ax, (name, norm) in zip(np.atleast_1d(axes), panels):
+  for ax, (name, norm) in zip(np.atleast_1d(axes), panels, strict=True):
     seeds = record["datasets"][name]["seeds"]
     setup = record["datasets"][name]["setup"]
     epsilons = [0.0] + list(setup[norm])
     for i, method in enumerate(METHODS):
-      for steps, style in zip(STEPS, (":", "-")):
+      for steps, style in zip(STEPS, (":", "-"), strict=True):
         values = [[s["scores"][method]["clean"]] + [
             s["scores"][method][f"{norm} {e:g} ({steps})"] for e in setup[norm]] for s in seeds]
         ax.plot(epsilons, np.mean(values, 0), style, color=f"C{i}",

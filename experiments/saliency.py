@@ -98,7 +98,8 @@ def one_seed(seed, train, test, count):
   for name, m in maps.items():
     judged = success.get(name, np.ones(len(x), bool))
     scores[name] = {
-        "iou": float(saliency.iou(saliency.saliency_mask(m, fraction=FRACTION), masks)[judged].mean()),
+        "iou": float(saliency.iou(saliency.saliency_mask(m, fraction=FRACTION),
+                                  masks)[judged].mean()),
         "pointing": float(saliency.pointing_game(m, masks)[judged].mean()),
         "n": int(judged.sum())}
   record = {"seed": seed, "classifier_test_accuracy": accuracy, "queries": int(len(x)),

@@ -155,7 +155,7 @@ def test_planted_ground_truth_is_recovered():
 
   phi = cfajax.local_attributions(probes, z, result.z)
   psi = cfajax.global_attributions(phi, prob, success=result.success, names=probes.names)
-  print("planted psi:", dict(zip(psi.names, np.round(psi.psi, 4))))
+  print("planted psi:", dict(zip(psi.names, np.round(psi.psi, 4), strict=True)))
   assert psi.ranking[:2].tolist() == [0, 1]
   assert psi.psi[0] > 0 and psi.psi[1] < 0
   assert psi.ci_low[0] > 0 and psi.ci_high[1] < 0

@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import enable_x64
 from flax import nnx
 from jax import lax
 
 import cfajax
 from cfajax import _conv
+
+from conftest import enable_x64
 
 TOL = 1e-12
 DN = ("NHWC", "HWIO", "NHWC")
@@ -55,7 +56,7 @@ def test_values_and_both_gradients_equal_lax(cin, cout, kernel, padding):
     np.testing.assert_allclose(_ours(x, k, padding), y, rtol=0, atol=TOL * 10)
     ours = jax.vjp(lambda x, k: _ours(x, k, padding), x, k)[1](g)
     theirs = jax.vjp(lambda x, k: _lax(x, k, padding), x, k)[1](g)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=TOL * 100)
     # One argument at a time: the other's gradient is then neither kept nor computed.
     dx = jax.vjp(lambda x: _ours(x, k, padding), x)[1](g)[0]

@@ -164,7 +164,7 @@ def test_each_query_is_independent_of_its_batch(prior, tiny_classifier):
     np.testing.assert_array_equal(a.steps, b.steps)
     np.testing.assert_array_equal(a.status, b.status)
     np.testing.assert_allclose(a.images, b.images, rtol=0, atol=Z_ATOL)
-  for i, one in zip((0, 4), alone):
+  for i, one in zip((0, 4), alone, strict=True):
     np.testing.assert_array_equal(together.steps[i], one.steps[0])
     np.testing.assert_allclose(together.images[i], one.images[0], rtol=0, atol=Z_ATOL)
   assert np.any(np.asarray(together.steps) > 0)

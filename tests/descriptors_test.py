@@ -50,7 +50,7 @@ def test_upright_rectangles_are_measured_exactly():
   # Moment-based extents sqrt(12 var + 1) are exact for filled upright rectangles.
   shapes = [(4, 3, 10, 6), (2, 2, 20, 3), (10, 5, 5, 18)]
   values = describe(*[rectangle(*s) for s in shapes])
-  for (_, _, height, width), row in zip(shapes, values):
+  for (_, _, height, width), row in zip(shapes, values, strict=True):
     assert row[AREA] == height * width
     # float32 moments of up to ~400 pixels: 1e-4 is ample.
     assert row[WIDTH] == pytest.approx(width, abs=1e-4)
@@ -88,7 +88,8 @@ def test_longer_strokes_are_longer():
 
 @pytest.mark.parametrize("shear", [0.25, 0.5])
 def test_slant_sign_and_size(shear):
-  right, left, upright = describe(sheared_bar(shear), sheared_bar(-shear), sheared_bar(0.0))[:, SLANT]
+  right, left, upright = describe(sheared_bar(shear), sheared_bar(-shear),
+                                  sheared_bar(0.0))[:, SLANT]
   # Rounding each row to whole pixels perturbs the shear by < 0.5 px over 16 rows.
   assert right == pytest.approx(np.arctan(shear), abs=0.05)
   assert left == pytest.approx(-np.arctan(shear), abs=0.05)
@@ -123,7 +124,8 @@ def test_small_images_are_upsampled_and_reported_in_input_pixels():
 
 def test_results_do_not_depend_on_batching():
   rng = np.random.default_rng(0)
-  images = [sheared_bar(s, width=w) for s, w in zip(rng.uniform(-0.5, 0.5, 7), rng.integers(1, 6, 7))]
+  images = [sheared_bar(s, width=w)
+            for s, w in zip(rng.uniform(-0.5, 0.5, 7), rng.integers(1, 6, 7), strict=True)]
   together = describe(*images)
   chunked = describe(*images, batch_size=3)
   np.testing.assert_array_equal(chunked, together)

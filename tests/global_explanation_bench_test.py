@@ -8,7 +8,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import global_explanation  # noqa: E402
 
-
 LOGITS = np.array([
     [5.0, 1.0, 3.0],   # predicted 0, runner-up 2
     [0.0, 4.0, -1.0],  # predicted 1, runner-up 0

@@ -1,4 +1,4 @@
-"""Counterfactual-quality metrics, on a planted case where semantics and adversarial noise differ."""
+"""Counterfactual-quality metrics on a planted case where semantics and adversarial noise differ."""
 
 import jax
 import jax.numpy as jnp

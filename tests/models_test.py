@@ -14,6 +14,7 @@ from cfajax import _models
 from cfajax._models import max_pool_2x2
 from cfajax._plugin_example import fit_pca
 from cfajax._plugin_example import fit_softmax_regression
+
 from conftest import TINY_VAE
 
 # The three image shapes the issue asks for, and an odd one that exercises the

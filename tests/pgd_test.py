@@ -57,7 +57,7 @@ def test_pgd_raises_the_loss_and_lowers_accuracy():
   x, y = test.images, test.labels
   adversarial = cfajax.pgd_attack(clf, x, y, epsilon=0.1, steps=10)
   loss = lambda images: np.mean([float(label_loss(row, label)) for row, label in zip(
-      np.asarray(clf(jnp.asarray(images))), y)])
+      np.asarray(clf(jnp.asarray(images))), y, strict=True)])
   assert loss(adversarial) > loss(x) + 0.5
   accuracy = cfajax.robust_accuracy(clf, x, y, epsilon=0.1, steps=10)
   assert accuracy["clean"] > 0.8 and accuracy["robust"] < accuracy["clean"] - 0.2, accuracy
@@ -102,6 +102,7 @@ def test_adversarial_training_learns_from_the_pgd_images_of_each_step():
   import jax
   import optax
   from flax import nnx
+
   from cfajax import _train
   from cfajax._pgd import pgd_images
   config = cfajax.ClassifierConfig((8, 8, 1), widths=(4,), dense_width=8, num_outputs=3)
@@ -119,13 +120,14 @@ def test_adversarial_training_learns_from_the_pgd_images_of_each_step():
   _train._classifier_train_step(reference, nnx.Optimizer(reference, tx, wrt=nnx.Param),
                                 adversarial, y, None)
   for got, want in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)),
-                       jax.tree.leaves(nnx.state(reference, nnx.Param))):
+                       jax.tree.leaves(nnx.state(reference, nnx.Param)), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   plain = cfajax.build_model("classifier", config, seed=0)
   _train._classifier_train_step(plain, nnx.Optimizer(plain, tx, wrt=nnx.Param), jnp.asarray(x),
                                 y, None)
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
-      jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(plain, nnx.Param)))]
+      jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(plain, nnx.Param)),
+      strict=True)]
   assert max(moved) > 1e-4  # and it is not the plain step
 
 

@@ -1,4 +1,4 @@
-"""The progress bars' remaining-time estimate follows the loop's iterations, not bursts of latents."""
+"""Progress bars' remaining-time estimate follows the loop's iterations, not bursts of latents."""
 
 import numpy as np
 import pytest

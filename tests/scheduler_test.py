@@ -10,7 +10,9 @@ import pytest
 
 import cfajax
 from cfajax import _scheduler
-from attack_test import latents, mlp_models
+
+from attack_test import latents
+from attack_test import mlp_models
 from conftest import assert_same_results
 from conftest import enable_x64
 

@@ -8,6 +8,7 @@ from flax import nnx
 
 import cfajax
 from cfajax import _train
+
 from conftest import TINY_CLASSIFIER
 from conftest import TINY_VAE
 
