@@ -27,6 +27,12 @@ change no result (`RESUMABLE_OPTIONS`) may differ between the runs of one
 folder; the others refuse a resume, naming what changed, unless
 `restart=True`. One process writes a folder at a time. Across processes
 (`jax.distributed`), each process attacks every `process_count`-th chunk.
+
+`_explain` runs the stages, each a function of what it reads:
+`_read_models` (sources and digests), `_select_examples` (the pair's
+examples and their latents), `_fit_probes`, `_run_attack` (resumable chunks
+of the `attacks` value), `_attribute` (phi, and psi with its null),
+`_summary` and `_write_outputs`.
 """
 
 from __future__ import annotations
@@ -364,66 +370,83 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   return summary
 
 
-def _explain(config, inputs, decision, objects, record, previous, progress, leader, log):
-  """The stages of `explain`, in a folder already checked and locked.
+class _Report:
+  """What a run says as it goes: warnings (kept for the summary) and the time of each stage."""
 
-  `inputs` are the user's, already read, and `decision` the classifier's
-  outputs on them; both None for a preset's."""
-  warnings = []
-  attack = attacks.from_config(config)
+  def __init__(self, log):
+    self.log, self.warnings, self.timings = log, [], {}
+    self._clock = time.perf_counter()
 
-  def warn(message):
-    warnings.append(message)
-    log(f"warning: {message}")
+  def warn(self, message: str) -> None:
+    self.warnings.append(message)
+    self.log(f"warning: {message}")
 
-  timings = {}
-  clock = time.perf_counter()
-  bars = progress and leader
-
-  def lap(stage):
-    nonlocal clock
+  def lap(self, stage: str) -> None:
     now = time.perf_counter()
-    timings[stage] = round(now - clock, 3)
-    clock = now
+    self.timings[stage] = round(now - self._clock, 3)
+    self._clock = now
 
-  if inputs is None:
-    inputs = _presets.preset_inputs(config, classifier=objects["classifier"],
-                                    generator=objects["generator"],
-                                    attributes=objects["attributes"], progress=bars, log=log)
+
+class _Models(NamedTuple):
+  """The generator's parts, their contract with the images, and each model's source and digest."""
+
+  parts: _sources.GeneratorParts
+  contract: Any
+  info: dict[str, dict[str, Any]]
+
+
+def _read_models(config, inputs, previous, log) -> _Models:
   parts = _sources.generator_parts(inputs.generator)
   contract = _inputs.check_contract(config, inputs, parts)
-  data = inputs.data
-  lap("inputs")
-
-  models = {
+  info = {
       "generator": {**inputs.info.get("generator", {}), "digest": _sources.callable_digest(
           parts.decode, jax.ShapeDtypeStruct((2, contract.latent_dim), np.float32))},
       "classifier": {**inputs.info.get("classifier", {}), "digest": _sources.callable_digest(
           inputs.classifier, jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}}
-  for info in models.values():
-    info.setdefault("source", info.get("checkpoint", "given"))
-  _note_model_changes(previous, models, log)
+  for model in info.values():
+    model.setdefault("source", model.get("checkpoint", "given"))
+  _note_model_changes(previous, info, log)
+  return _Models(parts, contract, info)
 
-  if decision is None:
-    decision = _decision(config, inputs, contract.num_logits)
+
+class _Examples(NamedTuple):
+  """The examples explained, their latents and what the classifier says of them."""
+
+  selected: np.ndarray  # (m,) rows of the dataset
+  z: np.ndarray  # (m, d)
+  images: np.ndarray  # (m, H, W, C)
+  logits: np.ndarray  # (m, K)
+  target: np.ndarray  # (m,) the attack's targets
+  original_prob: np.ndarray  # (m,) probability of the positive side
+  inverted: bool  # whether the latents came from an inversion
+  inversion: dict | None  # its report
+  candidates: int  # images predicted on one side of the decision
+  outside: int  # images predicted outside the pair
+  real_at_threshold: float | None  # share of real images at the threshold themselves
+
+
+def _select_examples(config, attack, inputs, models: _Models, decision: _Decision,
+                     given_latents, run_latents, report: _Report) -> _Examples:
+  """The examples on either side of the decision, with their latents; badly inverted
+  images left out."""
+  data = inputs.data
   logits, task, selected = decision
   candidates = int(selected.size)
   outside = int(len(data.images) - candidates)
   if outside:  # a preset's dataset holds every class; a folder of the user's, the pair
-    (warn if config.dataset is None else log)(
+    (report.warn if config.dataset is None else report.log)(
         f"{outside} of {len(data.images)} images are predicted as neither class of "
         f"{tuple(config.classes)} and are not explained")
-  _warn_if_one_sided(task, logits[selected], warn)
+  _warn_if_one_sided(task, logits[selected], report.warn)
   if config.limit:
     selected = selected[task.subset(logits[selected], config.limit, config.seed)]
-  if objects["latents"] is not None:
-    z, errors = objects["latents"]
-    z, errors = z[selected], None if errors is None else errors[selected]
-  run_latents = _inputs.RunLatents(config, parts, contract, bars, log)
-  if objects["latents"] is None:
+  if given_latents is None:
     z, errors = run_latents(data.images[selected], "images to explain")
-  elif errors is not None:  # the tables' images among them are not inverted again
-    run_latents.remember(data.images[selected], z, errors)
+  else:
+    z, errors = given_latents
+    z, errors = z[selected], None if errors is None else errors[selected]
+    if errors is not None:  # the tables' images among them are not inverted again
+      run_latents.remember(data.images[selected], z, errors)
   inversion = None
   if errors is not None:
     bad, threshold = _inputs.badly_inverted(config, errors)
@@ -431,32 +454,40 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
                  "max_error": threshold, "median_error": float(np.median(errors)),
                  "left_out_indices": selected[bad].tolist()[:100]}
     if bad.any():
-      warn(f"left out {int(bad.sum())} of {len(errors)} images that the generator reproduces "
-           f"badly (pixel MSE > {threshold:.4g})")
+      report.warn(f"left out {int(bad.sum())} of {len(errors)} images that the generator "
+                  f"reproduces badly (pixel MSE > {threshold:.4g})")
     selected, z = selected[~bad], z[~bad]
   logits = logits[selected]
-  images = data.images[selected]
-  original_prob = task.positive_prob(logits)
-  target = task.target(logits)
   real_at_threshold = None
   if len(z):
     own = task.own_class_prob(logits)
     real_at_threshold = float(np.mean(own >= config.threshold))
     if real_at_threshold < MIN_REAL_AT_THRESHOLD and not attack.edits_images:
-      warn(f"the classifier gives only {real_at_threshold:.1%} of the real images it explains "
-           f"their own class with probability >= {config.threshold}: its logits are flat, and "
-           "counterfactuals through a generator, whose images it rates like real ones, "
-           "will rarely reach the threshold ("
-           + (f"--threshold {np.floor(np.median(own) * 100) / 100:.2f}, the median image's, "
-              if np.median(own) > 0.5 else "")
-           + "a classifier trained longer, or logits not scaled down, would)")
-  record["models"] = {k: {"source": v["source"], "digest": v["digest"]} for k, v in models.items()}
-  record["examples"] = {"count": int(len(z)),
-                        "sha256": _hashing.digest_arrays(selected, z, target)}
-  if leader:
-    _runfolder.write_run(config.out, record)
-  lap("encode")
+      report.warn(
+          f"the classifier gives only {real_at_threshold:.1%} of the real images it explains "
+          f"their own class with probability >= {config.threshold}: its logits are flat, and "
+          "counterfactuals through a generator, whose images it rates like real ones, "
+          "will rarely reach the threshold ("
+          + (f"--threshold {np.floor(np.median(own) * 100) / 100:.2f}, the median image's, "
+             if np.median(own) > 0.5 else "")
+          + "a classifier trained longer, or logits not scaled down, would)")
+  return _Examples(selected, z, data.images[selected], logits, task.target(logits),
+                   task.positive_prob(logits), errors is not None, inversion, candidates,
+                   outside, real_at_threshold)
 
+
+class _Fitted(NamedTuple):
+  """The probes, and the attribute tables' latents they were fitted and checked on."""
+
+  probes: Any
+  names: tuple[str, ...]
+  z_fit: np.ndarray
+  a_fit: np.ndarray
+  a_check: np.ndarray
+  source: dict[str, Any]  # the summary's "attribute_source"
+
+
+def _fit_probes(config, inputs, run_latents) -> _Fitted:
   fit_table, check_table = inputs.attributes, inputs.validation
   if check_table is None:
     fit_table, check_table = fit_table.split(config.probe_validation_fraction, seed=config.seed)
@@ -466,152 +497,237 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
   probes = fit_probes(z_fit, a_fit, C=config.probe_c, names=names,
                       class_weight=config.probe_class_weight,
                       standardize=config.probe_standardize, validation=(z_check, a_check))
-  lap("probes")
+  source = {"fit": fit_table.name, "check": check_table.name,
+            "left_out_inversions": dropped_fit + dropped_check}
+  return _Fitted(probes, names, z_fit, a_fit, a_check, source)
 
-  chunk_size = _runfolder.chunk_size_for(len(z), config.chunk_size)
-  digests = [models["generator"]["digest"], models["classifier"]["digest"]]
-  extra = {}
+
+class _Counterfactuals(NamedTuple):
+  """The attack's rows (`z_cf`, `steps`, `status`, ...) and what they are as images and latents."""
+
+  rows: dict[str, np.ndarray]
+  resumed: int  # examples whose chunk was reused
+  chunk_size: int
+  z_cf: np.ndarray  # (m, d) the counterfactuals' latents
+  images: np.ndarray  # (m, H, W, C) the counterfactuals
+  prob: np.ndarray  # (m,) their positive-side probability; NaN where non-finite
+  success: np.ndarray  # (m,) bool, reached the target
+
+
+def _run_attack(config, attack, inputs, task: DecisionTask, models: _Models, ex: _Examples,
+                bars, log) -> _Counterfactuals:
+  """Runs the attack in resumable chunks; the counterfactuals' images and latents."""
+  parts, contract = models.parts, models.contract
+  chunk_size = _runfolder.chunk_size_for(len(ex.z), config.chunk_size)
+  digests = [models.info["generator"]["digest"], models.info["classifier"]["digest"]]
+  attack_models = {}
   for role, source in attack.model_sources().items():  # e.g. the data-free attack's manifold
-    extra[role] = _sources.load_model_spec(source, role)
-    models[role] = {"source": source, "digest": _sources.callable_digest(
-        extra[role], jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}
-    digests.append(models[role]["digest"])
+    attack_models[role] = _sources.load_model_spec(source, role)
+    models.info[role] = {"source": source, "digest": _sources.callable_digest(
+        attack_models[role], jax.ShapeDtypeStruct((2, *contract.image_shape), np.float32))}
+    digests.append(models.info[role]["digest"])
   run_chunk = attack.runner(attacks.AttackModels(parts.decode, inputs.classifier,
-                                                 contract.image_shape, extra), config.pool_size)
-  with progress_bar(bars, total=len(z), desc="counterfactuals", unit="example") as bar:
+                                                 contract.image_shape, attack_models),
+                            config.pool_size)
+  with progress_bar(bars, total=len(ex.z), desc="counterfactuals", unit="example") as bar:
     rows, resumed = _runfolder.attack_in_chunks(
-        config.out, run_chunk, attack.starts(z, images), target, chunk_size=chunk_size,
+        config.out, run_chunk, attack.starts(ex.z, ex.images), ex.target, chunk_size=chunk_size,
         attack_digest=_hashing.digest_json({"attack": attack.name, **attack.options()}),
         models_digest=_hashing.digest_json(digests), progress=bar, log=log)
-  lap("attack")
-
-  recon = apply_batched(parts.decode, z)
   if not attack.edits_images:
     z_cf = rows["z_cf"]
     cf_images = apply_batched(parts.decode, z_cf)
   else:
-    cf_images = rows["z_cf"].reshape(images.shape)
+    cf_images = rows["z_cf"].reshape(ex.images.shape)
     # A failed, non-finite counterfactual is measured as its original (phi 0;
     # psi counts successes only): neither encoder nor inversion takes NaN.
     finite = np.all(np.isfinite(rows["z_cf"]), axis=1)
-    measured = np.where(finite[:, None, None, None], cf_images, images)
+    measured = np.where(finite[:, None, None, None], cf_images, ex.images)
     z_cf, _ = _inputs.latents_of(config, parts, contract, measured, "counterfactuals", bars,
                                  log)
-  success = rows["status"] == Status.REACHED
   cf_prob = task.positive_prob(apply_batched(inputs.classifier, cf_images))
   # A non-finite latent or image has no counterfactual, whatever a model makes of
   # its NaN image (XLA's max, in a ReLU or a max pool, can turn NaN into 0).
   cf_prob[~np.all(np.isfinite(rows["z_cf"]), axis=1)] = np.nan
-  phi = np.asarray(local_attributions(probes, z, z_cf))
+  return _Counterfactuals(rows, resumed, chunk_size, z_cf, cf_images, cf_prob,
+                          rows["status"] == Status.REACHED)
+
+
+class _Attributions(NamedTuple):
+  phi: np.ndarray  # (m, A) local attributions
+  psi: Any  # GlobalAttributions, or None when no attack reached its target
+  at_target: np.ndarray  # (m,) bool, attacks that started at the target
+
+
+def _attribute(config, ex: _Examples, fitted: _Fitted, cf: _Counterfactuals, bars,
+               report: _Report) -> _Attributions:
+  """Local attributions of every counterfactual; psi over those that count, with its null."""
+  phi = np.asarray(local_attributions(fitted.probes, ex.z, cf.z_cf))
   # Attacks that start at the target: G(z) is already past the threshold, so z' = z, phi = 0.
-  at_target = success & (rows["steps"] == 0)
-  used = success & ~at_target if config.exclude_started_at_target else success
+  at_target = cf.success & (cf.rows["steps"] == 0)
+  used = cf.success & ~at_target if config.exclude_started_at_target else cf.success
   if at_target.any():
     share = float(np.mean(at_target))
     effect = ("left out of psi (exclude_started_at_target)" if config.exclude_started_at_target
               else "counted in psi with phi = 0, which pulls psi toward 0 by that share "
               "(exclude_started_at_target leaves them out)")
-    message = (f"{int(at_target.sum())} of {len(z)} attacks ({share:.1%}) started at the target: "
-               f"the generator's reconstruction G(z) is already past the threshold; {effect}")
-    (warn if share >= 0.05 else log)(message)
-  psi = None
-  if used.any():
-    refits = None
-    if config.num_permutations or (config.probe_bootstrap and config.num_bootstrap):
-      refits = probe_refits(
-          z_fit, a_fit, z, z_cf, original_prob, success=used,
-          num_permutations=config.num_permutations,
-          num_bootstrap=config.num_bootstrap if config.probe_bootstrap else 0,
-          seed=config.seed, C=config.probe_c, class_weight=config.probe_class_weight,
-          standardize=config.probe_standardize, progress=bars)
-    psi = global_attributions(phi, original_prob, success=used, names=names,
-                              num_bootstrap=config.num_bootstrap, seed=config.seed,
-                              refits=refits, probe_auc=np.asarray(probes.val_auc))
-    if psi.num_used < MIN_EXAMPLES:
-      warn(f"psi averages only {psi.num_used} counterfactuals (fewer than {MIN_EXAMPLES}): its "
-           "intervals and p-values are rough, and a handful of images decide the ranking")
-    noise = [] if psi.significant is None else [
-        names[a] for a in psi.ranking[:5] if not psi.significant[a]]
-    if noise:
-      log(f"not distinguishable from probes fitted to permuted labels (Holm-adjusted p > "
-          f"{psi.alpha}): {', '.join(noise)} among the top five")
-  else:
-    warn(f"none of the {len(z)} attacks reached the target; no global attributions "
-         "(try more --max-steps, a lower --threshold, or check the models)")
-  lap("attributions")
+    message = (f"{int(at_target.sum())} of {len(ex.z)} attacks ({share:.1%}) started at the "
+               f"target: the generator's reconstruction G(z) is already past the threshold; "
+               f"{effect}")
+    (report.warn if share >= 0.05 else report.log)(message)
+  if not used.any():
+    report.warn(f"none of the {len(ex.z)} attacks reached the target; no global attributions "
+                "(try more --max-steps, a lower --threshold, or check the models)")
+    return _Attributions(phi, None, at_target)
+  refits = None
+  if config.num_permutations or (config.probe_bootstrap and config.num_bootstrap):
+    refits = probe_refits(
+        fitted.z_fit, fitted.a_fit, ex.z, cf.z_cf, ex.original_prob, success=used,
+        num_permutations=config.num_permutations,
+        num_bootstrap=config.num_bootstrap if config.probe_bootstrap else 0,
+        seed=config.seed, C=config.probe_c, class_weight=config.probe_class_weight,
+        standardize=config.probe_standardize, progress=bars)
+  psi = global_attributions(phi, ex.original_prob, success=used, names=fitted.names,
+                            num_bootstrap=config.num_bootstrap, seed=config.seed,
+                            refits=refits, probe_auc=np.asarray(fitted.probes.val_auc))
+  if psi.num_used < MIN_EXAMPLES:
+    report.warn(f"psi averages only {psi.num_used} counterfactuals (fewer than {MIN_EXAMPLES}): "
+                "its intervals and p-values are rough, and a handful of images decide the "
+                "ranking")
+  noise = [] if psi.significant is None else [
+      fitted.names[a] for a in psi.ranking[:5] if not psi.significant[a]]
+  if noise:
+    report.log(f"not distinguishable from probes fitted to permuted labels (Holm-adjusted p > "
+               f"{psi.alpha}): {', '.join(noise)} among the top five")
+  return _Attributions(phi, psi, at_target)
 
-  flipped = np.isfinite(cf_prob) & ((cf_prob >= 0.5) != (original_prob >= 0.5))
+
+def _explain(config, inputs, decision, objects, record, previous, progress, leader, log):
+  """The stages of `explain`, in a folder already checked and locked.
+
+  `inputs` are the user's, already read, and `decision` the classifier's
+  outputs on them; both None for a preset's."""
+  report = _Report(log)
+  attack = attacks.from_config(config)
+  bars = progress and leader
+  if inputs is None:
+    inputs = _presets.preset_inputs(config, classifier=objects["classifier"],
+                                    generator=objects["generator"],
+                                    attributes=objects["attributes"], progress=bars, log=log)
+  models = _read_models(config, inputs, previous, log)
+  report.lap("inputs")
+
+  if decision is None:
+    decision = _decision(config, inputs, models.contract.num_logits)
+  run_latents = _inputs.RunLatents(config, models.parts, models.contract, bars, log)
+  ex = _select_examples(config, attack, inputs, models, decision, objects["latents"],
+                        run_latents, report)
+  record["models"] = {k: {"source": v["source"], "digest": v["digest"]}
+                      for k, v in models.info.items()}
+  record["examples"] = {"count": int(len(ex.z)),
+                        "sha256": _hashing.digest_arrays(ex.selected, ex.z, ex.target)}
+  if leader:
+    _runfolder.write_run(config.out, record)
+  report.lap("encode")
+
+  fitted = _fit_probes(config, inputs, run_latents)
+  report.lap("probes")
+  cf = _run_attack(config, attack, inputs, decision.task, models, ex, bars, log)
+  report.lap("attack")
+  attributed = _attribute(config, ex, fitted, cf, bars, report)
+  report.lap("attributions")
+
+  recon = apply_batched(models.parts.decode, ex.z)
+  summary = _summary(config, attack, inputs, decision.task, models, objects, ex, fitted, cf,
+                     attributed, recon, report)
+  if leader:
+    _write_outputs(config, attack, inputs, decision.task, ex, fitted, cf, attributed, recon,
+                   summary)
+    report.lap("write")
+    summary["timings_s"] = report.timings
+    _runfolder.save_json(os.path.join(config.out, "summary.json"), summary)
+  return summary
+
+
+def _summary(config, attack, inputs, task, models: _Models, objects, ex: _Examples,
+             fitted: _Fitted, cf: _Counterfactuals, attributed: _Attributions, recon,
+             report: _Report) -> dict[str, Any]:
+  """summary.json: what was explained, how the attack went, psi, and the run's provenance."""
+  flipped = np.isfinite(cf.prob) & ((cf.prob >= 0.5) != (ex.original_prob >= 0.5))
   decisions = (task.positive_prob(apply_batched(inputs.classifier, recon)) >= 0.5)
-  agreement = float(np.mean(decisions == (original_prob >= 0.5))) if len(z) else None
+  n = len(ex.z)
+  agreement = float(np.mean(decisions == (ex.original_prob >= 0.5))) if n else None
   if agreement is not None and agreement < MIN_RECONSTRUCTION_AGREEMENT:
-    warn(f"the classifier decides {1 - agreement:.0%} of the generator's reconstructions "
-        "G(z) otherwise than the images themselves: counterfactuals start from G(z), so the "
-        "generator, not only the attack, changes those decisions (a better generator, or "
-        "more training, would help)")
-  summary = {
+    report.warn(f"the classifier decides {1 - agreement:.0%} of the generator's reconstructions "
+                "G(z) otherwise than the images themselves: counterfactuals start from G(z), "
+                "so the generator, not only the attack, changes those decisions (a better "
+                "generator, or more training, would help)")
+  psi = attributed.psi
+  return {
       "task": task.describe(),
       "positive_side": task.positive_side(),
-      "dataset": data.name,
-      "num_examples": int(len(z)),
-      "num_candidates": candidates,
-      "chunk_size": chunk_size,
-      "num_resumed": int(resumed),
-      "num_outside_pair": outside,
-      "num_started_at_target": int(at_target.sum()),
+      "dataset": inputs.data.name,
+      "num_examples": int(n),
+      "num_candidates": ex.candidates,
+      "chunk_size": cf.chunk_size,
+      "num_resumed": int(cf.resumed),
+      "num_outside_pair": ex.outside,
+      "num_started_at_target": int(attributed.at_target.sum()),
       "started_at_target_excluded": bool(config.exclude_started_at_target),
-      "real_at_threshold": real_at_threshold,
-      "warnings": warnings,
-      "flip_rate": float(np.mean(success)) if len(z) else 0.0,
-      "decision_flipped": float(np.mean(flipped)) if len(z) else 0.0,
-      "status_counts": {s.name: int(np.sum(rows["status"] == s)) for s in Status},
-      "steps": _step_stats(rows["steps"][success]),
+      "real_at_threshold": ex.real_at_threshold,
+      "warnings": report.warnings,
+      "flip_rate": float(np.mean(cf.success)) if n else 0.0,
+      "decision_flipped": float(np.mean(flipped)) if n else 0.0,
+      "status_counts": {s.name: int(np.sum(cf.rows["status"] == s)) for s in Status},
+      "steps": _step_stats(cf.rows["steps"][cf.success]),
       "global_attributions": None if psi is None else psi.to_dict(),
-      "probes": _probe_report(probes, a_fit, a_check),
-      "attribute_source": {"fit": fit_table.name, "check": check_table.name,
-                           "left_out_inversions": dropped_fit + dropped_check},
+      "probes": _probe_report(fitted.probes, fitted.a_fit, fitted.a_check),
+      "attribute_source": fitted.source,
       "reconstruction_agreement": agreement,
-      "inversion": inversion,
+      "inversion": ex.inversion,
       "latents": ("given" if objects["latents"] is not None
-                  else "encoded" if parts.encode is not None else "inverted"),
+                  else "encoded" if models.parts.encode is not None else "inverted"),
       "attack": attack.name,
       **({} if not attack.edits_images else {"attribution_measurement": (
           "phi = g(E(x')) - g(E(x)): the counterfactual images, made without the generator, "
           "and the originals encoded by it, for measurement only")}),
-      "models": models,
+      "models": models.info,
       **{k: v for k, v in inputs.info.items() if k not in ("generator", "classifier")},
-      "timings_s": timings,
+      "timings_s": report.timings,
       "devices": [str(d) for d in jax.local_devices()],
       "process_count": jax.process_count(),
       "versions": _versions(),
-      "config": applicable_options(config, binary=task.binary, inverted=errors is not None),
+      "config": applicable_options(config, binary=task.binary, inverted=ex.inverted),
   }
-  if leader:
-    extra = {}
-    if data.files is not None:
-      extra["files"] = data.files[selected]
-    if data.labels is not None:
-      extra["label"] = data.labels[selected]
-    if inputs.split is not None:
-      extra["split"] = inputs.split[selected]
-    if attack.edits_images:  # not decode(z_cf): the images themselves
-      extra["counterfactual_images"] = cf_images.astype(np.float32)
-    _runfolder.save_npz(os.path.join(config.out, "examples.npz"),
-                        index=selected,
-                        ids=(data.ids[selected] if data.ids is not None else selected),
-                        z=z, z_cf=z_cf, steps=rows["steps"], status=rows["status"],
-                        target=target, original_prob=original_prob.astype(np.float32),
-                        counterfactual_prob=cf_prob.astype(np.float32),
-                        phi=phi.astype(np.float32), attribute_names=np.array(names), **extra)
-    _plots.counterfactual_grid(
-        os.path.join(config.out, "counterfactuals.png"), images, recon, cf_images,
-        original_prob, cf_prob, rows["status"], count=config.num_figure_examples,
-        seed=config.seed, title=summary["task"], positive=task.side_name(True),
-        image_attack=attack.edits_images)
-    if psi is not None:
-      _plots.global_attribution_bars(
-          os.path.join(config.out, "global_attributions.png"), psi, title=summary["task"],
-          positive=task.side_name(True))
-    lap("write")
-    summary["timings_s"] = timings
-    _runfolder.save_json(os.path.join(config.out, "summary.json"), summary)
-  return summary
+
+
+def _write_outputs(config, attack, inputs, task, ex: _Examples, fitted: _Fitted,
+                   cf: _Counterfactuals, attributed: _Attributions, recon, summary) -> None:
+  """examples.npz and the two figures."""
+  data, selected = inputs.data, ex.selected
+  extra = {}
+  if data.files is not None:
+    extra["files"] = data.files[selected]
+  if data.labels is not None:
+    extra["label"] = data.labels[selected]
+  if inputs.split is not None:
+    extra["split"] = inputs.split[selected]
+  if attack.edits_images:  # not decode(z_cf): the images themselves
+    extra["counterfactual_images"] = cf.images.astype(np.float32)
+  _runfolder.save_npz(os.path.join(config.out, "examples.npz"),
+                      index=selected,
+                      ids=(data.ids[selected] if data.ids is not None else selected),
+                      z=ex.z, z_cf=cf.z_cf, steps=cf.rows["steps"], status=cf.rows["status"],
+                      target=ex.target, original_prob=ex.original_prob.astype(np.float32),
+                      counterfactual_prob=cf.prob.astype(np.float32),
+                      phi=attributed.phi.astype(np.float32),
+                      attribute_names=np.array(fitted.names), **extra)
+  _plots.counterfactual_grid(
+      os.path.join(config.out, "counterfactuals.png"), ex.images, recon, cf.images,
+      ex.original_prob, cf.prob, cf.rows["status"], count=config.num_figure_examples,
+      seed=config.seed, title=summary["task"], positive=task.side_name(True),
+      image_attack=attack.edits_images)
+  if attributed.psi is not None:
+    _plots.global_attribution_bars(
+        os.path.join(config.out, "global_attributions.png"), attributed.psi,
+        title=summary["task"], positive=task.side_name(True))

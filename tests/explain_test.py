@@ -240,21 +240,20 @@ def chunk_task(n=40, seed=0):
 
 def chunked(config, decode, classify, messages):
   """The explanation's chunked attack on given latents, as explain runs it."""
-  from cfajax import _explain
   from cfajax import _runfolder
-  options = _explain._attack_options(config)
-  attack = lambda z, t, bar: cfajax.counterfactual_attack(
-      decode, classify, z, t, batch_size=config.pool_size, progress=bar, **options)
+  from cfajax import attacks
+  attack = attacks.from_config(config)
+  run_chunk = attack.runner(attacks.AttackModels(decode, classify, None, {}), config.pool_size)
   return lambda z, target, models="m": _runfolder.attack_in_chunks(
-      config.out, attack, z, target, chunk_size=config.chunk_size,
-      attack_digest=cfajax._hashing.digest_json(options), models_digest=models,
+      config.out, run_chunk, z, target, chunk_size=config.chunk_size,
+      attack_digest=cfajax._hashing.digest_json(attack.options()), models_digest=models,
       log=messages.append)
 
 
 def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
   # Latents shifted by 3 under the same options used to resume 8 of 8 chunks
   # and return the old counterfactuals.
-  from cfajax import _explain
+  from cfajax import attacks
   decode, classify, z, target = chunk_task()
   config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
                          threshold=0.8, step_size=0.5)
@@ -269,7 +268,7 @@ def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
   shifted, resumed = run(z + 3, target)
   assert resumed == 0 and "8 from other latents or targets" in messages[-1]
   fresh = cfajax.counterfactual_attack(decode, classify, z + 3, target, batch_size=4,
-                                       **_explain._attack_options(config))
+                                       **attacks.from_config(config).options())
   np.testing.assert_array_equal(shifted["z_cf"], fresh.z)
   _, resumed = run(z + 3, (target + 1) % 3)
   assert resumed == 0
@@ -415,8 +414,8 @@ def test_the_cli_reports_a_bad_option_in_one_line(tmp_path, capsys):
 
 
 def test_non_finite_counterfactuals_flip_no_decision(small_run, tmp_path, monkeypatch):
-  from cfajax import _explain
-  attack = _explain.counterfactual_attack
+  from cfajax import attacks
+  attack = attacks.counterfactual_attack
 
   def poisoned(*args, **kwargs):  # the first two latents of every chunk go non-finite
     result = attack(*args, **kwargs)
@@ -426,7 +425,7 @@ def test_non_finite_counterfactuals_flip_no_decision(small_run, tmp_path, monkey
     status[:2] = cfajax.Status.NON_FINITE
     return dataclasses.replace(result, z=z, status=status)
 
-  monkeypatch.setattr(_explain, "counterfactual_attack", poisoned)
+  monkeypatch.setattr(attacks, "counterfactual_attack", poisoned)
   config = config_like(small_run, tmp_path / "run", chunk_size=16, num_figure_examples=8)
   summary = cfajax.explain(config, progress=False, log=None)
   examples = np.load(tmp_path / "run" / "examples.npz")
