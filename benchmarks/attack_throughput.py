@@ -45,14 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfajax._steps import PLAIN_ASCENT
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cfajax  # noqa: E402
-from cfajax import _attack  # noqa: E402
-from cfajax import _loop  # noqa: E402
-from cfajax import _models  # noqa: E402
-from cfajax._callables import as_pure_callable  # noqa: E402
+from cfajax import experimental  # noqa: E402
+from cfajax.experimental import PLAIN_ASCENT  # noqa: E402
+from cfajax.experimental import as_pure_callable  # noqa: E402
 
 import timing  # noqa: E402
 
@@ -73,9 +70,9 @@ def one_head(classifier, attribute):
   if config.head != "sigmoid" or config.num_outputs == 1:
     return classifier
   column = list(config.output_names).index(attribute)
-  single = _models.Classifier(dataclasses.replace(config, num_outputs=1,
-                                                  output_names=(attribute,)),
-                              rngs=nnx.Rngs(0))
+  single = cfajax.Classifier(dataclasses.replace(config, num_outputs=1,
+                                                 output_names=(attribute,)),
+                             rngs=nnx.Rngs(0))
   state = nnx.state(classifier, nnx.Param)
   weights = nnx.to_pure_dict(state)
   weights["logits"]["kernel"] = weights["logits"]["kernel"][:, column:column + 1]
@@ -91,30 +88,28 @@ def build_workload(name, vae_path=None, classifier_path=None, seed=0, attribute=
 
   A multi-attribute CelebA classifier is cut down to its `attribute` head.
   """
-  from cfajax import _checkpoint
   shape, widths, latent, outputs, head, classifier_widths = WORKLOADS[name]
   if vae_path:
-    vae = _checkpoint.load_model(vae_path)
+    vae = cfajax.load_model(vae_path)
   else:
-    vae = _models.ConvVAE(_models.VAEConfig(shape, latent, widths), rngs=nnx.Rngs(seed))
+    vae = cfajax.ConvVAE(cfajax.VAEConfig(shape, latent, widths), rngs=nnx.Rngs(seed))
   if classifier_path:
-    classifier = one_head(_checkpoint.load_model(classifier_path), attribute)
+    classifier = one_head(cfajax.load_model(classifier_path), attribute)
   else:
-    config = _models.ClassifierConfig(shape, outputs, head, classifier_widths)
-    classifier = _models.Classifier(config, rngs=nnx.Rngs(seed + 1))
+    config = cfajax.ClassifierConfig(shape, outputs, head, classifier_widths)
+    classifier = cfajax.Classifier(config, rngs=nnx.Rngs(seed + 1))
   return vae, classifier, bool(vae_path and classifier_path)
 
 
 def real_latents(name, vae, classifier, data_dir, count, seed=0):
   """Encodes real test images (when data is there) and picks targets that flip each prediction."""
-  from cfajax import _data
   rng = np.random.default_rng(seed)
   images = None
   if data_dir:
     if name == "mnist":
-      images = _data.load_mnist(data_dir, "test").images
+      images = cfajax.load_mnist(data_dir, "test").images
     else:
-      images = _data.load_celeba(data_dir, "all", image_size=64).images
+      images = cfajax.load_celeba(data_dir, "all", image_size=64).images
   if images is None:
     z = rng.normal(size=(count, vae.config.latent_dim)).astype(np.float32)
     source = "random latents"
@@ -134,14 +129,15 @@ def real_latents(name, vae, classifier, data_dir, count, seed=0):
 
 def step_flops(vae, classifier, batch, latent_dim, precision):
   """FLOPs of one vmapped check-and-step of `batch` latents, by XLA's cost analysis."""
-  config = _loop.AttackConfig(optimizer=PLAIN_ASCENT, precision=precision)
-  hyper = _attack.make_hyper(0.5, 0.1, 10, 0.0, np.float32)
+  config = experimental.AttackConfig(optimizer=PLAIN_ASCENT, precision=precision)
+  hyper = experimental.make_hyper(0.5, 0.1, 10, 0.0, np.float32)
   decode, classify = as_pure_callable(vae.decode), as_pure_callable(classifier)
 
   def one_step(decode, classify, z, target):
-    decode, classify = _loop.cast_model(decode, precision), _loop.cast_model(classify, precision)
-    states = jax.vmap(_loop.init_state, in_axes=(None, None, 0, 0))(config, hyper, z, target)
-    return _loop.attack_step(decode, classify, config, hyper, states)
+    decode = experimental.cast_model(decode, precision)
+    classify = experimental.cast_model(classify, precision)
+    states = jax.vmap(experimental.init_state, in_axes=(None, None, 0, 0))(config, hyper, z, target)
+    return experimental.attack_step(decode, classify, config, hyper, states)
 
   z = jax.ShapeDtypeStruct((batch, latent_dim), jnp.float32)
   target = jax.ShapeDtypeStruct((batch,), jnp.int32)

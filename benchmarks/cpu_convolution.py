@@ -58,7 +58,7 @@ def _step_outside_loop(vae, classifier, z, target, steps, repeats):
   import jax
   import jax.numpy as jnp
 
-  from cfajax import _loop
+  from cfajax import experimental
 
   import timing
 
@@ -66,7 +66,7 @@ def _step_outside_loop(vae, classifier, z, target, steps, repeats):
   def step(vae, classifier, z, target):
     def total(z):
       logits = classifier(vae.decode(z))
-      log_odds, _ = jax.vmap(_loop.target_scores)(logits, target)
+      log_odds, _ = jax.vmap(experimental.target_scores)(logits, target)
       return jnp.sum(log_odds)
     return z + 1e-3 * jax.grad(total)(z)
 

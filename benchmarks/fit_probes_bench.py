@@ -28,7 +28,7 @@ import sklearn
 from sklearn.linear_model import LogisticRegression
 
 import cfajax
-import cfajax._probes
+from cfajax import experimental
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402
@@ -64,7 +64,7 @@ def main(argv=None):
 
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), float32; "
         f"{args.attributes} probes on {args.n} x {args.d} latents")
-  default = cfajax._probes.default_attribute_batch_size(args.attributes, args.n, args.d)
+  default = experimental.default_attribute_batch_size(args.attributes, args.n, args.d)
   for batch in sorted({1, 4, args.attributes} | {default}):
     start = time.perf_counter()
     probes = cfajax.fit_probes(z, attributes, attribute_batch_size=batch)

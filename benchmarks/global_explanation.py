@@ -50,8 +50,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cfajax  # noqa: E402
-from cfajax._batching import apply_batched  # noqa: E402
-from cfajax._task import DecisionTask  # noqa: E402
+from cfajax.experimental import DecisionTask  # noqa: E402
+from cfajax.experimental import apply_batched  # noqa: E402
 
 import timing  # noqa: E402
 from attack_throughput import build_workload  # noqa: E402

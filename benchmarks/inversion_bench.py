@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 import cfajax
-from cfajax._recipes import train_model
+from cfajax.experimental import train_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RUNNING = -1  # cfajax's status codes (cfajax._loop.Status)
+RUNNING = -1  # cfajax's status codes (cfajax.Status)
 REACHED, NON_FINITE, MAX_STEPS, ZERO_GRADIENT = 0, 3, 1, 2
 FIXED_STEP_SIZE = 1e-3  # attack_throughput.fixed_step_rate's step size
 MAX_REL_ERROR = 1e-4  # float32 torch-vs-JAX logits above this and run_peers refuses
@@ -711,7 +711,7 @@ def main():
 
   from flax import nnx
 
-  from cfajax import _models
+  import cfajax
 
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument("--workload", choices=("mnist", "celeba"), default="mnist")
@@ -726,13 +726,13 @@ def main():
   parser.add_argument("--time", action="store_true", help="also a tiny run_peers")
   args = parser.parse_args()
   if args.workload == "mnist":
-    vae_config = _models.VAEConfig((28, 28, 1), 16, (32, 64))
-    classifier_config = _models.ClassifierConfig((28, 28, 1), 10, "softmax", (32, 64))
+    vae_config = cfajax.VAEConfig((28, 28, 1), 16, (32, 64))
+    classifier_config = cfajax.ClassifierConfig((28, 28, 1), 10, "softmax", (32, 64))
   else:
-    vae_config = _models.VAEConfig((64, 64, 3), 64, (32, 64, 128, 256))
-    classifier_config = _models.ClassifierConfig((64, 64, 3), 1, "sigmoid", (32, 64, 128))
-  vae = _models.ConvVAE(vae_config, rngs=nnx.Rngs(0))
-  classifier = _models.Classifier(classifier_config, rngs=nnx.Rngs(1))
+    vae_config = cfajax.VAEConfig((64, 64, 3), 64, (32, 64, 128, 256))
+    classifier_config = cfajax.ClassifierConfig((64, 64, 3), 1, "sigmoid", (32, 64, 128))
+  vae = cfajax.ConvVAE(vae_config, rngs=nnx.Rngs(0))
+  classifier = cfajax.Classifier(classifier_config, rngs=nnx.Rngs(1))
   classifier.logits.kernel[...] = classifier.logits.kernel[...] * args.sharpen
   device = default_device()
   setup_device(device)

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cfajax  # noqa: E402
 from cfajax import metrics  # noqa: E402
-from cfajax._batching import apply_batched  # noqa: E402
+from cfajax.experimental import apply_batched  # noqa: E402
 
 import timing  # noqa: E402
 

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 import cfajax
-from cfajax._significance import probe_refits
+from cfajax import probe_refits
 
 from common import hardware
 from common import percent

@@ -12,7 +12,7 @@ import numpy as np
 
 import cfajax
 from cfajax import metrics
-from cfajax._batching import apply_batched
+from cfajax.experimental import apply_batched
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 

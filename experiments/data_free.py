@@ -63,8 +63,8 @@ import numpy as np
 
 import cfajax
 from cfajax import metrics
-from cfajax._attribute_tables import descriptor_tables
-from cfajax._recipes import _with_attribute_labels
+from cfajax.experimental import descriptor_tables
+from cfajax.experimental import with_attribute_labels
 
 from common import FIGURES
 from common import Stopwatch
@@ -322,14 +322,14 @@ def run_celeba(args, record, clock):
   duqs = {head: load_duq(runs / f"duq-{head}") for head in HEADS[:1 if args.tune else None]}
   faces = cfajax.load_celeba(args.data_dir, "train", 64)
   aux, test = cfajax.split_dataset(faces, HOLDOUT, seed=None)  # as `cfajax train` held out
-  record["duq"] = {head: cfajax.evaluate_duq(duq, _with_attribute_labels(test, head))
+  record["duq"] = {head: cfajax.evaluate_duq(duq, with_attribute_labels(test, head))
                    for head, duq in duqs.items()}
   clock.lap("models")
   heads = {head: (cfajax.select_output(classifier, head), cfajax.select_output(oracle, head))
            for head in HEADS}
   if args.tune:
     clf, judge = heads[HEADS[0]]
-    rows, target = balanced_queries(clf, _with_attribute_labels(aux, HEADS[0]), 40)
+    rows, target = balanced_queries(clf, with_attribute_labels(aux, HEADS[0]), 40)
     record["tuning"] = tune(clf, judge, duqs[HEADS[0]], aux.images[rows], target,
                             TUNE_GRIDS["celeba"])
     return
@@ -349,7 +349,7 @@ def run_celeba(args, record, clock):
   rng = np.random.default_rng(0)
   shown, labels = [], []  # per decision: a query of each side and its counterfactuals at 0.9
   for head, (clf, judge) in heads.items():
-    test_head, aux_head = (_with_attribute_labels(d, head) for d in (test, aux))
+    test_head, aux_head = (with_attribute_labels(d, head) for d in (test, aux))
     rows, target = balanced_queries(clf, test_head, args.per_decision)
     x = test.images[rows]
     reference = aux.images[[rng.choice(np.flatnonzero(aux_head.labels == t)) for t in target]]

@@ -46,9 +46,9 @@ import numpy as np
 
 import cfajax
 from cfajax import metrics
-from cfajax._attribute_tables import descriptor_tables
-from cfajax._inputs import badly_inverted
-from cfajax._inputs import inversion_options
+from cfajax.experimental import badly_inverted
+from cfajax.experimental import descriptor_tables
+from cfajax.experimental import inversion_options
 
 from common import FIGURES
 from common import Stopwatch

@@ -36,9 +36,9 @@ import jax
 import numpy as np
 
 import cfajax
-from cfajax import _recipes
+from cfajax import experimental
 from cfajax import metrics
-from cfajax._callables import as_pure_callable
+from cfajax.experimental import as_pure_callable
 
 from common import apply
 from common import hardware
@@ -76,7 +76,7 @@ def models(dataset: str, folder: Path, train, test):
   for name, kind, oracle, epochs in plan:
     path = folder / name.replace(" ", "-")
     if not path.exists():
-      model, history, info = _recipes.train_model(kind, dataset, train, test, oracle=oracle,
+      model, history, info = experimental.train_model(kind, dataset, train, test, oracle=oracle,
                                                   epochs=epochs, progress=False)
       cfajax.save_model(path, model, metrics={"history": history, **info})
     out[name] = cfajax.load_model(path)
@@ -153,13 +153,13 @@ def main(argv=None):
 
   record = {"hardware": hardware(), "threshold": THRESHOLD, "max_steps": MAX_STEPS,
             "rules": RULES, "decisions": {}}
-  train, test = _recipes.load_train_test("digits", progress=False)
+  train, test = experimental.load_train_test("digits", progress=False)
   digits = cfajax.load_digits()
   m = models("digits", Path(args.models) / "digits", train, test)
   record["decisions"]["digits 4 vs 9"] = measure(m, digits.images, digits.labels)
   write_json(args.out, record)
   if args.data_dir:
-    train, test = _recipes.load_train_test("mnist", args.data_dir, progress=False)
+    train, test = experimental.load_train_test("mnist", args.data_dir, progress=False)
     m = models("mnist", Path(args.models) / "mnist", train, test)
     record["decisions"]["MNIST 4 vs 9"] = measure(m, test.images[:args.limit],
                                                   test.labels[:args.limit])

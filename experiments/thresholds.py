@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import cfajax
-from cfajax import _recipes
+from cfajax import experimental
 from cfajax import metrics
 
 from common import apply
@@ -45,13 +45,13 @@ OPTIONS = {"step_size": 0.1, "max_steps": 500, "objective": "logit"}
 def digits_models(folder: Path):
   """The quick start's VAE and classifier (trained as `cfajax explain` trains them), the
   recipe's oracle, and the test split."""
-  train, test = _recipes.load_train_test("digits")
+  train, test = experimental.load_train_test("digits")
   models = {}
   for name, kind, oracle in (("vae", "vae", False), ("classifier", "classifier", False),
                              ("oracle", "classifier", True)):
     path = folder / name
     if not path.exists():
-      model, history, info = _recipes.train_model(kind, "digits", train, test, oracle=oracle,
+      model, history, info = experimental.train_model(kind, "digits", train, test, oracle=oracle,
                                                   seed=1 if oracle else 0, progress=False)
       cfajax.save_model(path, model, metrics={"history": history, **info})
     models[name] = cfajax.load_model(path)

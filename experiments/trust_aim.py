@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import cfajax
-from cfajax import _recipes
+from cfajax import experimental
 from cfajax import metrics
 
 from common import apply
@@ -159,13 +159,13 @@ def main(argv=None):
 
   record = {"hardware": hardware(), "threshold": THRESHOLD, "max_steps": MAX_STEPS,
             "overshoots": OVERSHOOTS, "decisions": {}}
-  train, test = _recipes.load_train_test("digits", progress=False)
+  train, test = experimental.load_train_test("digits", progress=False)
   digits = cfajax.load_digits()
   m = models("digits", Path(args.models) / "digits", train, test)
   record["decisions"]["digits 4 vs 9"] = measure(m, digits.images, digits.labels)
   write_json(args.out, record)
   if args.data_dir:
-    train, test = _recipes.load_train_test("mnist", args.data_dir, progress=False)
+    train, test = experimental.load_train_test("mnist", args.data_dir, progress=False)
     m = models("mnist", Path(args.models) / "mnist", train, test)
     record["decisions"]["MNIST 4 vs 9"] = measure(m, test.images[:args.limit],
                                                   test.labels[:args.limit])
