@@ -10,7 +10,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
+from typing import Literal
+from typing import cast
+from typing import overload
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +24,14 @@ import optax
 from cfajax import _checks
 from cfajax import _driver
 from cfajax._callables import as_pure_callable
+from cfajax._loop import OBJECTIVES
 from cfajax._loop import PRECISIONS
 from cfajax._loop import AttackConfig
 from cfajax._loop import AttackHyper
 from cfajax._loop import AttackResult
-from cfajax._loop import OBJECTIVES
 from cfajax._steps import PLAIN_ASCENT
 from cfajax._steps import OptaxStep
+from cfajax._steps import OptimizerSpec
 from cfajax._steps import TrustRegion
 
 DEFAULT_STEP_SIZE = 0.1
@@ -115,7 +120,7 @@ def make_hyper(threshold, step_size, max_steps, grad_tol, dtype) -> AttackHyper:
   )
 
 
-def _optimizer_factory(optimizer):
+def _optimizer_factory(optimizer: Any) -> OptimizerSpec:
   """`optimizer` as None, a ready transformation, or a factory of a learning rate."""
   if optimizer is None or isinstance(optimizer, optax.GradientTransformation):
     return optimizer
@@ -131,9 +136,9 @@ def _optimizer_factory(optimizer):
     if not parameters or parameters[0] != "learning_rate":
       raise ValueError(f"optax.{optimizer} does not take a learning rate first; name an "
                        "optimizer such as 'adam', 'sgd', 'rmsprop' or 'lion'")
-    return factory
+    return cast(OptimizerSpec, factory)
   if callable(optimizer):
-    return optimizer
+    return cast(OptimizerSpec, optimizer)
   raise ValueError("optimizer must be None or 'trust-region' (the scale-free default), "
                    "'ascent' (plain gradient ascent), a cfajax.TrustRegion, an optax "
                    "optimizer's name ('adam'), a factory of a learning rate (optax.adam) or an "
@@ -160,10 +165,7 @@ def step_rule(optimizer) -> TrustRegion | OptaxStep:
 def make_config(objective: str, optimizer, step_size, precision) -> tuple[AttackConfig, float]:
   """Checks the static options; returns the config and the (traced) step size."""
   _checks.choice("objective", objective, OBJECTIVES)
-  _checks.choice("precision", precision, PRECISIONS)
-  if precision == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("precision='float64' needs 64-bit JAX: set "
-                     "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) first")
+  _checks.precision(precision, PRECISIONS)
   optimizer = step_rule(optimizer)
   if isinstance(optimizer, OptaxStep) and isinstance(optimizer.optimizer,
                                                      optax.GradientTransformation):
@@ -197,6 +199,20 @@ def _warn_about_constants(name: str, fn, example, precision: str) -> None:
         "jax.tree_util.Partial(apply_fn, params).", stacklevel=3)
 
 
+# `return_stats=True` adds the scheduling statistics to the result; the
+# overloads tell type checkers which one a call returns.
+@overload
+def counterfactual_attack(decode: Callable, classify: Callable, z, target, *args: Any,
+                          return_stats: Literal[False] = False,
+                          **kwargs: Any) -> AttackResult: ...
+
+
+@overload
+def counterfactual_attack(decode: Callable, classify: Callable, z, target, *args: Any,
+                          return_stats: Literal[True],
+                          **kwargs: Any) -> tuple[AttackResult, dict[str, Any]]: ...
+
+
 def counterfactual_attack(
     decode: Callable,
     classify: Callable,
@@ -215,7 +231,7 @@ def counterfactual_attack(
     mesh: jax.sharding.Mesh | None = None,
     progress=False,
     return_stats: bool = False,
-) -> AttackResult:
+) -> AttackResult | tuple[AttackResult, dict[str, Any]]:
   """Moves each latent until the classifier gives its target `threshold` probability.
 
   Each latent is attacked independently: its result does not depend on the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,6 +63,15 @@ def choice(name: str, value, choices) -> str:
   if not isinstance(value, str) or value not in choices:
     raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got "
                      f"{_describe(value)}")
+  return value
+
+
+def precision(value, choices) -> str:
+  """`value` if it is one of `choices` and, for "float64", JAX runs in 64 bits."""
+  choice("precision", value, choices)
+  if value == "float64" and not jax.config.read("jax_enable_x64"):
+    raise ValueError("precision='float64' needs 64-bit JAX: set "
+                     "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) first")
   return value
 
 

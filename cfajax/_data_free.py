@@ -60,7 +60,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
+from typing import overload
 
 import jax
 import jax.numpy as jnp
@@ -72,16 +76,16 @@ from cfajax._attack import _optimizer_factory
 from cfajax._attack import check_targets
 from cfajax._callables import as_pure_callable
 from cfajax._loop import OBJECTIVES
-from cfajax._loop import Outcome
 from cfajax._loop import PRECISIONS
-from cfajax._status import RUNNING
-from cfajax._status import Status
-from cfajax._status import keep_where
-from cfajax._status import next_status
+from cfajax._loop import Outcome
 from cfajax._loop import cast_model
 from cfajax._loop import make_transformation
 from cfajax._loop import target_scores
 from cfajax._sources import output_width
+from cfajax._status import RUNNING
+from cfajax._status import Status
+from cfajax._status import keep_where
+from cfajax._status import next_status
 
 PRIORS = ("pixels", "implicit")
 # Adam learning rates per prior, tuned with the weights (RESULTS.md).
@@ -209,7 +213,7 @@ class DataFreeProblem:
     sizes = [2 + 4 * self.frequencies] + [self.width] * self.depth + [self.image_shape[2]]
     keys = jax.random.split(jax.random.key(self.seed), len(sizes) - 1)
     layers = []
-    for i, (key, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    for i, (key, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
       last = i == len(sizes) - 2
       kernel = (jnp.zeros((fan_in, fan_out), query.dtype) if last  # the change starts at zero
                 else jax.random.normal(key, (fan_in, fan_out), query.dtype)
@@ -310,7 +314,7 @@ class DataFreeProblem:
     running = state.status == RUNNING
     if self.prior == "pixels":
       active = self._active(state.steps, hyper.stage_steps)
-      grad_levels = [g * a for g, a in zip([*grads["coarse"], grads["fine"]], active)]
+      grad_levels = [g * a for g, a in zip([*grads["coarse"], grads["fine"]], active, strict=True)]
       leaves = grad_levels
     else:
       leaves = jax.tree_util.tree_leaves(grads)
@@ -326,7 +330,7 @@ class DataFreeProblem:
     if self.prior == "pixels":
       levels = [*state.params["coarse"], state.params["fine"]]
       new_levels, new_opt = [], []
-      for level, grad, opt, on in zip(levels, grad_levels, state.opt_state, active):
+      for level, grad, opt, on in zip(levels, grad_levels, state.opt_state, active, strict=True):
         updates, opt_next = tx.update(grad, opt, level)
         go = move & on
         new_levels.append(jnp.where(go, level + updates, level))
@@ -363,6 +367,16 @@ def _check_images(images) -> np.ndarray:
   return host
 
 
+@overload  # as for `counterfactual_attack`: the stats only with `return_stats=True`
+def data_free_attack(classify: Callable, images, target, *args: Any,
+                     return_stats: Literal[False] = False, **kwargs: Any) -> DataFreeResult: ...
+
+
+@overload
+def data_free_attack(classify: Callable, images, target, *args: Any, return_stats: Literal[True],
+                     **kwargs: Any) -> tuple[DataFreeResult, dict[str, Any]]: ...
+
+
 def data_free_attack(
     classify: Callable,
     images,
@@ -396,7 +410,7 @@ def data_free_attack(
     mesh=None,
     progress=False,
     return_stats: bool = False,
-) -> DataFreeResult:
+) -> DataFreeResult | tuple[DataFreeResult, dict[str, Any]]:
   """Counterfactuals of query images from the classifier alone (DISC-style deep inversion).
 
   Each query is optimised independently, through its image prior, until the
@@ -450,11 +464,8 @@ def data_free_attack(
   n, image_shape = len(images), tuple(images.shape[1:])
   _checks.choice("prior", prior, PRIORS)
   _checks.choice("objective", objective, OBJECTIVES)
-  _checks.choice("precision", precision, PRECISIONS)
+  _checks.precision(precision, PRECISIONS)
   batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
-  if precision == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("precision='float64' needs 64-bit JAX: set "
-                     "jax.config.update('jax_enable_x64', True) first")
   stages = _checks.integer("stages", stages, low=1, high=8)
   if prior == "pixels" and progressive and min(image_shape[:2]) < 2 ** (stages - 1):
     raise ValueError(f"{stages} progressive stages halve {image_shape[:2]} images "

@@ -17,7 +17,9 @@ scheduling over a device mesh; `Status` codes instead of exceptions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +32,12 @@ from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._loop import PRECISIONS
-from cfajax._status import RUNNING
-from cfajax._status import Status
-from cfajax._status import keep_where
-from cfajax._status import next_status
 from cfajax._loop import cast_model
 from cfajax._loop import make_transformation
-
+from cfajax._status import RUNNING
+from cfajax._status import Status
+from cfajax._status import advance
+from cfajax._status import next_status
 
 
 class InversionHyper(NamedTuple):
@@ -89,13 +90,13 @@ class InversionResult:
     start_losses: (n, starts) each start's best loss.
   """
 
-  z: jax.Array
-  loss: jax.Array
-  pixel_mse: jax.Array
-  steps: jax.Array
-  status: jax.Array
-  start: jax.Array
-  start_losses: jax.Array
+  z: np.ndarray
+  loss: np.ndarray
+  pixel_mse: np.ndarray
+  steps: np.ndarray
+  status: np.ndarray
+  start: np.ndarray
+  start_losses: np.ndarray
 
   def __len__(self) -> int:
     return self.z.shape[0]
@@ -147,22 +148,15 @@ class InversionProblem:
         (~finite, Status.NON_FINITE), (loss <= hyper.tolerance, Status.REACHED),
         (state.steps >= hyper.max_steps, Status.MAX_STEPS),
         (grad_norm <= hyper.grad_tol, Status.ZERO_GRADIENT)])
-    move = status == RUNNING
     loss32 = loss.astype(jnp.float32)
     better = running & finite & (loss32 < state.best_loss)
     tx = make_transformation(self.optimizer, hyper.step_size)
     updates, new_opt_state = tx.update(grad, state.opt_state, state.z)  # minimising
-    new_z = state.z + updates.astype(state.z.dtype)
-    return InversionState(
-        z=keep_where(move, new_z, state.z),
-        opt_state=keep_where(move, new_opt_state, state.opt_state),
-        target=state.target,
-        steps=state.steps + move.astype(jnp.int32),
-        status=status,
+    new_z = state.z + jnp.asarray(updates, state.z.dtype)
+    return advance(state, status, z=new_z, opt_state=new_opt_state)._replace(
         initial_loss=jnp.where(running & (state.steps == 0), loss32, state.initial_loss),
         best_loss=jnp.where(better, loss32, state.best_loss),
-        best_z=jnp.where(better, state.z, state.best_z),
-    )
+        best_z=jnp.where(better, state.z, state.best_z))
 
   def result(self, states: InversionState):
     return StartResult(z=states.best_z, loss=states.best_loss, steps=states.steps,
@@ -245,7 +239,7 @@ def invert(
   """
   images = _check_images(images)
   starts = _checks.integer("starts", starts, low=1, high=1024)
-  _checks.choice("precision", precision, PRECISIONS)
+  _checks.precision(precision, PRECISIONS)
   batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   hyper = InversionHyper(
       tolerance=jnp.asarray(_checks.number("tolerance", tolerance, low=0.0), jnp.float32),

@@ -22,7 +22,9 @@ one check-and-update; the schedulers in `_scheduler.py` run it through
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 from cfajax._status import EMPTY  # noqa: F401  (re-exported)
 from cfajax._status import RUNNING
 from cfajax._status import Status
-from cfajax._status import keep_where
+from cfajax._status import advance
 from cfajax._status import next_status
 from cfajax._steps import OptaxStep
 from cfajax._steps import TrustRegion
@@ -68,13 +70,14 @@ class AttackConfig:
   def cast(self, models):
     return tuple(cast_model(m, self.precision) for m in models)
 
-  def init(self, hyper: "AttackHyper", z: jax.Array, target: jax.Array) -> "LatentState":
+  def init(self, hyper: AttackHyper, z: jax.Array, target: jax.Array) -> LatentState:
     return init_state(self, hyper, z, target)
 
-  def step(self, models, hyper: "AttackHyper", states: "LatentState") -> "LatentState":
-    return attack_step(*models, self, hyper, states)
+  def step(self, models, hyper: AttackHyper, states: LatentState) -> LatentState:
+    decode, classify = models
+    return attack_step(decode, classify, self, hyper, states)
 
-  def result(self, states: "LatentState") -> "AttackResult":
+  def result(self, states: LatentState) -> AttackResult:
     return result_from_states(states)
 
 
@@ -234,20 +237,12 @@ def update_latent(config: AttackConfig, hyper: AttackHyper, state: LatentState,
       (prob >= hyper.threshold, Status.REACHED), (~finite, Status.NON_FINITE),
       (state.steps >= hyper.max_steps, Status.MAX_STEPS),
       (grad_norm <= hyper.grad_tol, Status.ZERO_GRADIENT)])
-  move = status == RUNNING
-
   new_z, new_opt_state = config.optimizer.update(
       state.opt_state, state.z, value, grad, config.aim(hyper.threshold), hyper.step_size)
   prob = prob.astype(jnp.float32)
-  return LatentState(
-      z=keep_where(move, new_z, state.z),
-      opt_state=keep_where(move, new_opt_state, state.opt_state),
-      target=state.target,
-      steps=state.steps + move.astype(jnp.int32),
-      status=status,
+  return advance(state, status, z=new_z, opt_state=new_opt_state)._replace(
       initial_prob=jnp.where(running & (state.steps == 0), prob, state.initial_prob),
-      final_prob=jnp.where(running, prob, state.final_prob),
-  )
+      final_prob=jnp.where(running, prob, state.final_prob))
 
 
 def attack_step(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -88,7 +89,8 @@ def run_static(problem, models, z, target, hyper, *, batch_size, progress=None):
   parts = []
   for start in range(0, n, chunk):
     zc = z[start:start + chunk]
-    tc = jax.tree_util.tree_map(lambda a: a[start:start + chunk], target)
+    rows = slice(start, start + chunk)
+    tc = jax.tree_util.tree_map(lambda a, rows=rows: a[rows], target)
     out = _run_batch(models, pad_rows(zc, chunk), _pad_tree(tc, chunk), hyper, problem=problem)
     parts.append(_take_rows(out, len(zc)))
     if progress is not None:
@@ -102,11 +104,11 @@ def run_static(problem, models, z, target, hyper, *, batch_size, progress=None):
 class Pool(NamedTuple):
   """The carry of the continuous scheduler on one device. P slots, Q queued."""
 
-  slots: object  # the problem's states, with (P, ...) leaves
+  slots: Any  # the problem's states, with (P, ...) leaves
   slot_index: jax.Array  # (P,) int32 queue position held by each slot; -1 if empty
   next_index: jax.Array  # (1,) int32 next queue position to load
   iterations: jax.Array  # (1,) int32 loop iterations run so far
-  outputs: object  # the problem's (Q, ...) results, written as latents stop
+  outputs: Any  # the problem's (Q, ...) results, written as latents stop
 
 
 def _where_rows(mask, new, old):
@@ -231,8 +233,7 @@ def _pool_specs():
   # Every leaf of the pool is split over devices along its first axis; the
   # per-device counters (next_index, iterations) are (1,) blocks of a
   # (num_devices,) array.
-  return Pool(slots=P(DATA_AXIS), slot_index=P(DATA_AXIS), next_index=P(DATA_AXIS),
-              iterations=P(DATA_AXIS), outputs=P(DATA_AXIS))
+  return Pool._make([P(DATA_AXIS)] * len(Pool._fields))
 
 
 def remaining_seconds(queued: int, busy_steps, mean_steps: float, width: int,

@@ -4,7 +4,7 @@ Inside compiled loops failures are codes, never exceptions: each example's
 state carries an int32 `status`, RUNNING until a check stops it with a
 `Status`. Every method (the attack, the inversion, the data-free attack)
 decides with `next_status` and moves only its running examples with
-`keep_where`, so a code means the same whichever method wrote it.
+`keep_where` (or `advance`), so a code means the same whichever method wrote it.
 """
 
 from __future__ import annotations
@@ -49,3 +49,12 @@ def next_status(status: jax.Array, reasons: Sequence[tuple[jax.Array, int]]) -> 
 def keep_where(move: jax.Array, new, old):
   """`new` where the example moves, `old` where it has stopped, leaf by leaf."""
   return jax.tree_util.tree_map(lambda n, o: jnp.where(move, n, o), new, old)
+
+
+def advance(state, status: jax.Array, **moved):
+  """One example's state (a NamedTuple with `steps` and `status`) after a check
+  and a step: the fields in `moved` take their new values only if the example
+  is still running, and `steps` counts the step it took."""
+  move = status == RUNNING
+  kept = {name: keep_where(move, new, getattr(state, name)) for name, new in moved.items()}
+  return state._replace(steps=state.steps + move.astype(jnp.int32), status=status, **kept)

@@ -27,7 +27,9 @@ scalar the caller passed. Two rules:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +121,11 @@ class TrustRegion:
                              capped=radius <= polyak)
 
 
+# What an optax step takes: None for plain ascent, a factory of a learning rate
+# (`optax.adam`), or a ready transformation.
+OptimizerSpec = Callable[..., optax.GradientTransformation] | optax.GradientTransformation | None
+
+
 @dataclasses.dataclass(frozen=True)
 class OptaxStep:
   """An optax transformation of the negated gradient (optax minimises).
@@ -130,7 +137,7 @@ class OptaxStep:
       ready `optax.GradientTransformation`, its numbers compiled in.
   """
 
-  optimizer: Callable[..., optax.GradientTransformation] | optax.GradientTransformation | None = None
+  optimizer: OptimizerSpec = None
 
   def transformation(self, learning_rate) -> optax.GradientTransformation:
     return make_transformation(self.optimizer, learning_rate)

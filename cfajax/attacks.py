@@ -61,8 +61,19 @@ def _image_rows(counterfactuals: np.ndarray, result) -> ImageRows:
                                              result.final_prob)))
 
 
+class _Rows:
+  """What every attack moves: the latents, or the flattened images for one that
+  edits images."""
+
+  edits_images: ClassVar[bool]
+
+  def starts(self, z: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """The rows the attack moves, (n, d) or (n, H*W*C)."""
+    return images.reshape(len(images), -1).astype(np.float32) if self.edits_images else z
+
+
 @dataclasses.dataclass(frozen=True)
-class _StepAttack:
+class _StepAttack(_Rows):
   """The options of the gradient attack, shared by the latent and the pixel attack.
 
   Attributes:
@@ -128,11 +139,6 @@ class LatentAttack(_StepAttack):
   name: ClassVar[str] = "latent"
   edits_images: ClassVar[bool] = False
 
-  def starts(self, z: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """The rows the attack moves: the latents."""
-    del images
-    return z
-
   def runner(self, models: AttackModels, pool_size: int) -> Callable:
     """`(rows, target, bar) -> result` over one chunk's latents."""
     options = self.options()
@@ -148,11 +154,6 @@ class PixelAttack(_StepAttack):
   name: ClassVar[str] = "pixel"
   edits_images: ClassVar[bool] = True
 
-  def starts(self, z: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """The rows the attack moves: the flattened images."""
-    del z
-    return images.reshape(len(images), -1).astype(np.float32)
-
   def runner(self, models: AttackModels, pool_size: int) -> Callable:
     """`(rows, target, bar) -> ImageRows` over one chunk's flattened images."""
     options, shape = self.options(), models.image_shape
@@ -166,7 +167,7 @@ class PixelAttack(_StepAttack):
 
 
 @dataclasses.dataclass(frozen=True)
-class DataFreeAttack:
+class DataFreeAttack(_Rows):
   """Counterfactuals from the classifier alone (`data_free_attack`, DISC-style).
 
   Attributes:
@@ -243,11 +244,6 @@ class DataFreeAttack:
                proximity_weight=config.proximity_weight,
                manifold_weight=config.manifold_weight, manifold=config.manifold,
                seed=config.seed)
-
-  def starts(self, z: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """The rows the attack moves: the flattened images."""
-    del z
-    return images.reshape(len(images), -1).astype(np.float32)
 
   def runner(self, models: AttackModels, pool_size: int) -> Callable:
     """`(rows, target, bar) -> ImageRows` over one chunk's flattened images."""

@@ -73,7 +73,8 @@ def paired_difference(agree, reference, both, seed=0) -> dict:
   rng = np.random.default_rng(seed)
   draws = rng.integers(0, len(a), (BOOTSTRAP, len(a)))
   low, high = np.percentile((a[draws] - b[draws]).mean(1), [2.5, 97.5])
-  return {"difference": float((a - b).mean()), "interval": [float(low), float(high)], "n": int(len(a))}
+  return {"difference": float((a - b).mean()), "interval": [float(low), float(high)],
+          "n": int(len(a))}
 
 
 def measure(m, images, labels):

@@ -12,6 +12,7 @@ from flax import nnx
 import cfajax
 from cfajax import Status
 from cfajax import _scheduler
+
 from conftest import assert_same_results
 from conftest import enable_x64
 
@@ -199,7 +200,7 @@ def test_results_do_not_depend_on_batch():
   for other in (chunked, jax.tree_util.tree_map(lambda a: a[np.argsort(perm)], shuffled)):
     assert_same_results(other, together)
   for i, single in enumerate(alone):
-    assert_same_results(single, jax.tree_util.tree_map(lambda a: a[i:i + 1], together))
+    assert_same_results(single, jax.tree_util.tree_map(lambda a, i=i: a[i:i + 1], together))
 
 
 def test_target_already_met_takes_no_step():
@@ -391,6 +392,22 @@ def test_wrong_option_types_and_ranges_name_the_option(option, value, match):
   decode, classify = mlp_models()
   with pytest.raises(ValueError, match=match):
     cfajax.counterfactual_attack(decode, classify, latents(2), 0, **{option: value})
+
+
+@pytest.mark.parametrize("method", ["attack", "inversion", "data-free"])
+def test_float64_without_64_bit_jax_is_refused_by_every_method(method):
+  # Without jax_enable_x64 the arrays would silently be float32.
+  assert not jax.config.read("jax_enable_x64")
+  decode, classify = mlp_models()
+  images = np.asarray(decode(latents(2)))
+  run = {"attack": lambda: cfajax.counterfactual_attack(decode, classify, latents(2), 0,
+                                                        precision="float64"),
+         "inversion": lambda: cfajax.invert(decode, images, latent_dim=latents(2).shape[1],
+                                            precision="float64"),
+         "data-free": lambda: cfajax.data_free_attack(classify, images, 0,
+                                                      precision="float64")}[method]
+  with pytest.raises(ValueError, match="precision='float64' needs 64-bit JAX"):
+    run()
 
 
 @pytest.mark.parametrize("schedule", ["continuous", "static"])
