@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cfajax._progress import tracked
+
 logger = logging.getLogger("cfajax.data")
 
 DATA_DIR_ENV = "CFAJAX_DATA_DIR"
@@ -563,10 +565,8 @@ def _preprocessed_faces(
   paths = [files[int(n)] for n in numbers]
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
     faces = pool.map(lambda p: _load_face(p, image_size), paths, chunksize=64)
-    if progress:
-      from tqdm.auto import tqdm
-      faces = tqdm(faces, total=len(paths), desc=f"CelebA {image_size}px", unit="image")
-    images = np.stack(list(faces))
+    images = np.stack(list(tracked(faces, progress, total=len(paths),
+                                   desc=f"CelebA {image_size}px", unit="image")))
 
   if cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -681,10 +681,8 @@ def _celeba_from_tfds(split: str, image_size: int, progress: bool) -> ImageDatas
   tfds_split = {"train": "train", "valid": "validation", "test": "test",
                 "all": "train+validation+test"}[split]
   source = _tfds_source("celeb_a", tfds_split, hint)
-  records = range(len(source))
-  if progress:
-    from tqdm.auto import tqdm
-    records = tqdm(records, desc=f"CelebA (tfds) {image_size}px", unit="image")
+  records = tracked(range(len(source)), progress, desc=f"CelebA (tfds) {image_size}px",
+                    unit="image")
   images, attributes, names = [], [], None
   for i in records:
     record = source[i]
@@ -749,11 +747,7 @@ def read_images(paths, image_size: int | None = None, *, progress: bool = False)
         image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
       return np.asarray(image, np.uint8)
 
-  items = paths
-  if progress:
-    from tqdm.auto import tqdm
-    items = tqdm(paths, desc="images", unit="image")
-  arrays = [load(p) for p in items]
+  arrays = [load(p) for p in tracked(paths, progress, desc="images", unit="image")]
   if not arrays:
     return np.zeros((0, image_size or 1, image_size or 1, 1 if gray else 3), np.float32)
   images = np.stack(arrays).astype(np.float32) / 255.0

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from cfajax._status import Status
+
 
 def _pyplot():
   import matplotlib
@@ -55,7 +57,6 @@ def counterfactual_grid(path, originals, reconstructions, counterfactuals, origi
     `[(index, label)]` of the columns shown; label "" for a counterfactual,
     else the failed attack's status name.
   """
-  from cfajax._status import Status
   plt = _pyplot()
   status = np.asarray(status)
   success = status == Status.REACHED

@@ -19,6 +19,7 @@ import numpy as np
 from cfajax import _checkpoint
 from cfajax import _models
 from cfajax import _recipes
+from cfajax import _sources
 from cfajax._attribute_tables import AttributeTable
 from cfajax._attribute_tables import descriptor_tables
 from cfajax._attribute_tables import select_probe_attributes
@@ -94,7 +95,6 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
     if given is not None:
       models[kind], info[kind] = given, {"source": "given"}
     elif spec:
-      from cfajax import _sources
       models[kind] = _sources.load_model_spec(spec, kind)
       info[kind] = {"checkpoint": spec, "trained_now": False}
     else:

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfajax import _probes
+from cfajax._progress import progress_bar
 
 
 class ProbeRefits(NamedTuple):
@@ -105,11 +106,7 @@ def _fit_rows(problem, labels, weights, penalties, tol, max_iter, progress, what
   # Slices of a fixed size share one compilation; the last is padded.
   size = min(rows, 256)
   parts = []
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=rows, desc=what, unit="probe", leave=False)
-  try:
+  with progress_bar(progress, total=rows, desc=what, unit="probe", leave=False) as bar:
     for start in range(0, rows, size):
       stop = min(rows, start + size)
       pad = size - (stop - start)
@@ -123,9 +120,6 @@ def _fit_rows(problem, labels, weights, penalties, tol, max_iter, progress, what
       parts.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))  # noqa: B023
       if bar is not None:
         bar.update(stop - start)
-  finally:
-    if bar is not None:
-      bar.close()
   return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
 
 

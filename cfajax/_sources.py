@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from cfajax import _hashing
 from cfajax._callables import as_pure_callable
+from cfajax._checkpoint import load_model
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -68,7 +69,6 @@ def load_model_spec(spec, what: str):
   if is_import_string(spec):
     with _working_directory_importable():
       return _call_factory(spec, what)
-  from cfajax._checkpoint import load_model
   path = Path(spec)
   if not path.exists():
     raise FileNotFoundError(f"{what} {spec!r}: no checkpoint folder there, and not an import "

@@ -23,9 +23,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cfajax import _checks
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
 from cfajax._data import ImageDataset
+from cfajax._inversion import invert
 from cfajax._models import DUQ
 from cfajax._models import Centroid
 from cfajax._models import Classifier
@@ -35,6 +37,9 @@ from cfajax._models import Translator
 from cfajax._models import bernoulli_bce
 from cfajax._models import gaussian_kl
 from cfajax._models import translate_with
+from cfajax._pgd import NORMS
+from cfajax._pgd import pgd_images
+from cfajax._progress import progress_bar
 
 History = list[dict[str, Any]]
 
@@ -101,11 +106,7 @@ def _fit(model, dataset: ImageDataset, targets, step_fn, evaluate, *, epochs, ba
   order_rng = np.random.default_rng(seed)
   key = jax.random.key(seed)
   history: History = []
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step")
-  try:
+  with progress_bar(progress, total=epochs * steps_per_epoch, desc=desc, unit="step") as bar:
     for epoch in range(1, epochs + 1):
       start = time.perf_counter()
       order = order_rng.permutation(n)
@@ -128,9 +129,6 @@ def _fit(model, dataset: ImageDataset, targets, step_fn, evaluate, *, epochs, ba
       history.append(record)
       if on_epoch is not None:
         on_epoch(record)
-  finally:
-    if bar is not None:
-      bar.close()
   return history
 
 
@@ -303,7 +301,6 @@ def _adversarial_train_step(classifier: Classifier, optimizer: nnx.Optimizer, x,
                             epsilon, *, steps, norm):
   """One step on the batch's PGD images (Madry et al.): the worst case within epsilon of
   each image under the current weights, from a random start."""
-  from cfajax._pgd import pgd_images
   keys = jax.random.split(key, x.shape[0])
   labels = y if y.ndim == 1 else y[:, 0].astype(jnp.int32)  # one sigmoid logit: (B, 1)
   adversarial = pgd_images(classifier, x, labels, keys, epsilon, 2.5 * epsilon / steps,
@@ -401,8 +398,6 @@ def train_classifier(
 
 def _adversarial_step(classifier: Classifier, epsilon, norm, steps):
   """The training step of PGD adversarial training, its options checked."""
-  from cfajax import _checks
-  from cfajax._pgd import NORMS
   epsilon = _checks.number("pgd_epsilon", epsilon, low=0.0)
   _checks.choice("pgd_norm", norm, NORMS)
   steps = _checks.integer("pgd_steps", steps, low=1)
@@ -466,7 +461,6 @@ def evaluate_gan(gan: ConvGAN, data, *, batch_size: int = 256, seed: int = 0,
     images, which says how well the generator covers real data (0 images:
     not measured).
   """
-  from cfajax._inversion import invert
   dataset = _checked_images(data, "images", gan.config.image_shape)
   key = jax.random.key(seed)
   counter = itertools.count()
