@@ -237,7 +237,7 @@ def test_celeba_cache_is_reused(tmp_path, monkeypatch):
   def no_decoding(*args):
     raise AssertionError("decoded a JPEG despite the cache")
 
-  monkeypatch.setattr(_data, "_load_face", no_decoding)
+  monkeypatch.setattr(_data.celeba, "_load_face", no_decoding)
   second = cfajax.load_celeba(root, "valid", 12, cache_dir=cache, progress=False)
   np.testing.assert_array_equal(second.images, first.images[2:])
 
@@ -316,7 +316,7 @@ def test_offline_downloads_fail_in_seconds_and_leave_nothing(tmp_path, monkeypat
   with socket.socket() as closed:  # a local port nobody listens on: refused at once
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
-  monkeypatch.setattr(_data, "NETWORK_PROBE", ("127.0.0.1", port))
+  monkeypatch.setattr(_data._tfds, "NETWORK_PROBE", ("127.0.0.1", port))
   start = time.perf_counter()
   with pytest.raises(RuntimeError, match="cannot be reached.*data_dir"):
     cfajax.load_mnist(None, "test")
