@@ -19,7 +19,7 @@ def test_discriminator_loss_and_r1_penalty_against_a_linear_discriminator():
   generator = lambda z: jnp.tanh(z @ jnp.ones((4, 64))).reshape(-1, 8, 8, 1)
   x = rng.random((5, 8, 8, 1)).astype(np.float32)
   z = rng.normal(size=(5, 4)).astype(np.float32)
-  total, metrics = _train._d_loss(discriminator, generator, x, z, 2.0)
+  total, metrics = _train.gan._d_loss(discriminator, generator, x, z, 2.0)
   real = x.reshape(5, -1) @ w + b
   fake = np.tanh(z @ np.ones((4, 64))) @ w + b
   softplus = lambda v: np.log1p(np.exp(v))

@@ -103,8 +103,8 @@ def test_adversarial_training_learns_from_the_pgd_images_of_each_step():
   import optax
   from flax import nnx
 
-  from cfajax import _train
   from cfajax._pgd import pgd_images
+  from cfajax._train import classifier as training
   config = cfajax.ClassifierConfig((8, 8, 1), widths=(4,), dense_width=8, num_outputs=3)
   x = np.random.default_rng(0).random((6, 8, 8, 1)).astype(np.float32)
   y = jnp.array([0, 1, 2, 0, 1, 2])
@@ -112,19 +112,19 @@ def test_adversarial_training_learns_from_the_pgd_images_of_each_step():
   eps, steps = 0.1, 3
   trained, reference = (cfajax.build_model("classifier", config, seed=0) for _ in range(2))
   tx = optax.sgd(0.5)  # a step that moves every weight by its gradient
-  step = _train._adversarial_step(trained, eps, "linf", steps)
+  step = training._adversarial_step(trained, eps, "linf", steps)
   step(trained, nnx.Optimizer(trained, tx, wrt=nnx.Param), jnp.asarray(x), y, key)
   adversarial = pgd_images(reference, jnp.asarray(x), y, jax.random.split(key, 6),
                            jnp.float32(eps), 2.5 * eps / steps, steps=steps, norm="linf")
   assert 0 < float(jnp.abs(adversarial - x).max()) <= eps + 1e-6
-  _train._classifier_train_step(reference, nnx.Optimizer(reference, tx, wrt=nnx.Param),
-                                adversarial, y, None)
+  training._classifier_train_step(reference, nnx.Optimizer(reference, tx, wrt=nnx.Param),
+                                  adversarial, y, None)
   for got, want in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)),
                        jax.tree.leaves(nnx.state(reference, nnx.Param)), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   plain = cfajax.build_model("classifier", config, seed=0)
-  _train._classifier_train_step(plain, nnx.Optimizer(plain, tx, wrt=nnx.Param), jnp.asarray(x),
-                                y, None)
+  training._classifier_train_step(plain, nnx.Optimizer(plain, tx, wrt=nnx.Param), jnp.asarray(x),
+                                  y, None)
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
       jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(plain, nnx.Param)),
       strict=True)]
