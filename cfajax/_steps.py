@@ -80,7 +80,7 @@ class TrustRegion:
   shrink: float = 0.25
   good: float = 0.75
   poor: float = 0.25
-  overshoot: float = 0.5
+  overshoot: float = 0.9
 
   def __post_init__(self):
     if not (self.grow >= 1 and 0 < self.shrink < 1 and 0 <= self.poor <= self.good

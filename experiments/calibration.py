@@ -177,14 +177,24 @@ def main(argv=None):
   parser.add_argument("--num-bootstrap", type=int, default=200)
   parser.add_argument("--out", default="experiments/results/calibration.json")
   parser.add_argument("--report", action="store_true", help="print the stored record's tables")
+  parser.add_argument("--step-rules-only", action="store_true",
+                      help="remeasure only the step rules (minutes), keeping the record's runs")
   args = parser.parse_args(argv)
   if args.report:
     print_report("experiments/calibration.py --report",
                  report_tables(json.loads(Path(args.out).read_text())))
     return
+  if args.step_rules_only:
+    record = json.loads(Path(args.out).read_text())
+    record.setdefault("runs_default", "not recorded (the record predates the field)")
+    record["step_rules"], record["step_rules_default"] = step_rules(5), repr(cfajax.TrustRegion())
+    write_json(args.out, record)
+    print_report("experiments/calibration.py --report", report_tables(record))
+    return
   record = {"hardware": hardware(), "seeds": args.seeds, "num_permutations": args.num_permutations,
             "num_bootstrap": args.num_bootstrap, "runs": {}}
-  record["step_rules"] = step_rules(5)
+  record["step_rules"], record["step_rules_default"] = step_rules(5), repr(cfajax.TrustRegion())
+  record["runs_default"] = record["step_rules_default"]
   for size in (int(s) for s in args.sizes.split(",")):
     record["runs"][str(size)] = []
     for seed in range(args.seeds):
