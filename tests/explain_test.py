@@ -503,7 +503,7 @@ def test_chunks_default_to_a_tenth_of_the_run_within_bounds():
 
 
 def test_a_classifier_that_calls_nearly_everything_one_class_is_warned_about():
-  from cfajax._explain import _warn_if_one_sided
+  from cfajax._explain_stages import _warn_if_one_sided
   from cfajax._task import DecisionTask
   messages = []
   task = DecisionTask(10, (4, 9))
