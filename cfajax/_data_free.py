@@ -23,7 +23,8 @@ over the parameters of an image prior:
   than free pixels.
 
 Either prior's image is clipped to [0, 1] with a straight-through gradient
-(`clip_through`), so that a pixel pushed out of range can come back.
+(`clip_through`), so that a pixel pushed out of range can come back. The
+priors are values (`_priors.py`) that the problem below holds.
 
 `progressive=True` optimises coarse to fine in `stages` stages of
 `stage_steps` updates: for pixels, a pyramid of changes at 1/2^k of the
@@ -59,7 +60,6 @@ device mesh; `Status` codes instead of exceptions.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 from typing import Literal
@@ -81,10 +81,13 @@ from cfajax._loop import Outcome
 from cfajax._loop import cast_model
 from cfajax._loop import make_transformation
 from cfajax._loop import target_scores
+from cfajax._priors import ImplicitPrior
+from cfajax._priors import PixelPrior
+from cfajax._priors import Prior
+from cfajax._priors import default_frequencies
 from cfajax._sources import output_width
 from cfajax._status import RUNNING
 from cfajax._status import Status
-from cfajax._status import keep_where
 from cfajax._status import next_status
 
 PRIORS = ("pixels", "implicit")
@@ -151,110 +154,16 @@ def total_variation(image: jax.Array) -> jax.Array:
           + jnp.mean(jnp.abs(image[:, 1:] - image[:, :-1])))
 
 
-def clip_through(image: jax.Array) -> jax.Array:
-  """`image` clipped to [0, 1], with the gradient of the identity (straight-through).
-
-  A hard clip gives a pixel pushed past 0 or 1 a zero gradient for good: no
-  later step could bring it back, and a coarse level or a smooth change that
-  overshoots in one region would freeze every pixel there.
-  """
-  return image + jax.lax.stop_gradient(jnp.clip(image, 0.0, 1.0) - image)
-
-
-def _pyramid_shapes(image_shape, stages: int) -> list[tuple[int, int, int]]:
-  """The coarse levels' shapes, coarsest first: 1/2^k of the resolution, k = stages-1..1."""
-  h, w, c = image_shape
-  return [(max(1, -(-h // 2 ** k)), max(1, -(-w // 2 ** k)), c) for k in range(stages - 1, 0, -1)]
-
-
-def _coordinates(height: int, width: int) -> np.ndarray:
-  """(H*W, 2) pixel centres in [-1, 1]."""
-  ys = (np.arange(height) + 0.5) / height * 2 - 1
-  xs = (np.arange(width) + 0.5) / width * 2 - 1
-  grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1)
-  return grid.reshape(-1, 2).astype(np.float32)
-
-
-def default_frequencies(image_shape) -> int:
-  """Fourier bands whose finest period is about two pixels of the larger side."""
-  return max(1, math.ceil(math.log2(max(image_shape[:2]))))
-
-
 @dataclasses.dataclass(frozen=True)
 class DataFreeProblem:
   """The scheduler's problem (static). models = (classify[, statistics][, manifold])."""
 
-  image_shape: tuple[int, int, int]
-  prior: str = "pixels"
-  progressive: bool = False
-  stages: int = 3
+  prior: Prior
   objective: str = "logit"
   optimizer: Any = None  # a factory of a learning rate, or a ready transformation
   precision: str = "float32"
   has_statistics: bool = False
   has_manifold: bool = False
-  width: int = 64
-  depth: int = 2
-  frequencies: int = 5
-  seed: int = 0
-
-  # -- the image prior -------------------------------------------------------
-
-  def _levels(self) -> int:
-    return self.stages if (self.prior == "pixels" and self.progressive) else 1
-
-  def init_params(self, query: jax.Array):
-    """The prior's parameters for one query (H, W, C), from which it renders the query."""
-    if self.prior == "pixels":
-      coarse = [jnp.zeros(shape, query.dtype)
-                for shape in (_pyramid_shapes(self.image_shape, self.stages)
-                              if self.progressive else [])]
-      return {"fine": query, "coarse": coarse}
-    sizes = [2 + 4 * self.frequencies] + [self.width] * self.depth + [self.image_shape[2]]
-    keys = jax.random.split(jax.random.key(self.seed), len(sizes) - 1)
-    layers = []
-    for i, (key, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
-      last = i == len(sizes) - 2
-      kernel = (jnp.zeros((fan_in, fan_out), query.dtype) if last  # the change starts at zero
-                else jax.random.normal(key, (fan_in, fan_out), query.dtype)
-                * np.sqrt(2.0 / fan_in).astype(query.dtype))
-      layers.append({"kernel": kernel, "bias": jnp.zeros((fan_out,), query.dtype)})
-    return layers
-
-  def _band_weights(self, steps, stage_steps):
-    """(frequencies,) each band's weight now: 1, or fading in over its group's stage."""
-    if not self.progressive:
-      return jnp.ones((self.frequencies,))
-    group = np.minimum(np.arange(self.frequencies) * self.stages // self.frequencies,
-                       self.stages - 1)
-    progress = steps.astype(jnp.float32) / jnp.maximum(stage_steps, 1).astype(jnp.float32)
-    return jnp.where(group == 0, 1.0, jnp.clip(progress - group, 0.0, 1.0))
-
-  def render(self, params, query, steps, stage_steps) -> jax.Array:
-    """One counterfactual image (H, W, C) in [0, 1] from the prior's parameters."""
-    h, w, c = self.image_shape
-    if self.prior == "pixels":
-      image = params["fine"]
-      for level in params["coarse"]:
-        image = image + jax.image.resize(level, (h, w, c), "linear")
-      return clip_through(image)
-    p = jnp.asarray(_coordinates(h, w), query.dtype)
-    scales = (2.0 ** jnp.arange(self.frequencies, dtype=query.dtype)) * jnp.pi
-    angles = p[:, None, :] * scales[None, :, None]  # (HW, F, 2)
-    weights = self._band_weights(steps, stage_steps).astype(query.dtype)[None, :, None]
-    hidden = jnp.concatenate([p, (weights * jnp.sin(angles)).reshape(h * w, -1),
-                              (weights * jnp.cos(angles)).reshape(h * w, -1)], -1)
-    for i, layer in enumerate(params):
-      hidden = hidden @ layer["kernel"] + layer["bias"]
-      if i < len(params) - 1:
-        hidden = jax.nn.relu(hidden)
-    return clip_through(query + hidden.reshape(h, w, c))
-
-  def _active(self, steps, stage_steps):
-    """For progressive pixels: per level (coarse..., fine) whether it may move now."""
-    levels = self._levels()
-    stage = jnp.minimum(steps // jnp.maximum(stage_steps, 1), levels - 1)
-    return [stage >= k for k in range(levels)]
 
   # -- the scheduler's protocol ----------------------------------------------
 
@@ -262,24 +171,19 @@ class DataFreeProblem:
     return tuple(cast_model(m, self.precision) for m in models)
 
   def init(self, hyper: DataFreeHyper, z, target) -> DataFreeState:
-    query = z.reshape(self.image_shape)
-    params = self.init_params(query)
+    query = z.reshape(self.prior.image_shape)
+    params = self.prior.init(query)
+    tx = make_transformation(self.optimizer, hyper.step_size)
     return DataFreeState(
-        params=params, opt_state=self._init_opt(hyper, params), query=query,
+        params=params, opt_state=self.prior.init_opt(tx, params), query=query,
         target=jnp.asarray(target, jnp.int32), image=query, steps=jnp.array(0, jnp.int32),
         status=jnp.array(RUNNING, jnp.int32), initial_prob=jnp.array(jnp.nan, jnp.float32),
         final_prob=jnp.array(jnp.nan, jnp.float32))
 
-  def _init_opt(self, hyper, params):
-    tx = make_transformation(self.optimizer, hyper.step_size)
-    if self.prior == "pixels":  # one optimizer per level: each starts when its level does
-      return [tx.init(level) for level in [*params["coarse"], params["fine"]]]
-    return tx.init(params)
-
   def _loss(self, models, hyper, params, query, target, steps):
     """One example's loss, target probability and image, from its own parameters."""
     classify = models[0]
-    image = self.render(params, query, steps, hyper.stage_steps)
+    image = self.prior.render(params, query, steps, hyper.stage_steps)
     x = image[None].astype(self.precision)
     logits = classify(x)[0]
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
@@ -312,12 +216,8 @@ class DataFreeProblem:
 
   def _update(self, hyper, state: DataFreeState, loss, prob, image, grads) -> DataFreeState:
     running = state.status == RUNNING
-    if self.prior == "pixels":
-      active = self._active(state.steps, hyper.stage_steps)
-      grad_levels = [g * a for g, a in zip([*grads["coarse"], grads["fine"]], active, strict=True)]
-      leaves = grad_levels
-    else:
-      leaves = jax.tree_util.tree_leaves(grads)
+    grads = self.prior.gradients(grads, state.steps, hyper.stage_steps)
+    leaves = jax.tree_util.tree_leaves(grads)
     finite = (jnp.isfinite(loss) & jnp.isfinite(prob)
               & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])))
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
@@ -327,21 +227,8 @@ class DataFreeProblem:
         (grad_norm <= hyper.grad_tol, Status.ZERO_GRADIENT)])
     move = status == RUNNING
     tx = make_transformation(self.optimizer, hyper.step_size)
-    if self.prior == "pixels":
-      levels = [*state.params["coarse"], state.params["fine"]]
-      new_levels, new_opt = [], []
-      for level, grad, opt, on in zip(levels, grad_levels, state.opt_state, active, strict=True):
-        updates, opt_next = tx.update(grad, opt, level)
-        go = move & on
-        new_levels.append(jnp.where(go, level + updates, level))
-        new_opt.append(keep_where(go, opt_next, opt))
-      params = {"coarse": new_levels[:-1], "fine": new_levels[-1]}
-      opt_state = new_opt
-    else:
-      updates, opt_next = tx.update(grads, state.opt_state, state.params)
-      params = keep_where(move, jax.tree_util.tree_map(jnp.add, state.params, updates),
-                          state.params)
-      opt_state = keep_where(move, opt_next, state.opt_state)
+    params, opt_state = self.prior.apply(tx, state.params, state.opt_state, grads, move,
+                                         state.steps, hyper.stage_steps)
     prob = prob.astype(jnp.float32)
     return DataFreeState(
         params=params, opt_state=opt_state, query=state.query, target=state.target,
@@ -467,13 +354,14 @@ def data_free_attack(
   _checks.precision(precision, PRECISIONS)
   batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   stages = _checks.integer("stages", stages, low=1, high=8)
-  if prior == "pixels" and progressive and min(image_shape[:2]) < 2 ** (stages - 1):
-    raise ValueError(f"{stages} progressive stages halve {image_shape[:2]} images "
-                     f"{stages - 1} times; use fewer stages")
   width = _checks.integer("width", width, low=1)
   depth = _checks.integer("depth", depth, low=1)
   frequencies = _checks.integer("frequencies", frequencies, low=0, high=16)
   frequencies = frequencies or default_frequencies(image_shape)
+  image_prior: Prior = (
+      PixelPrior(image_shape, bool(progressive), stages) if prior == "pixels"
+      else ImplicitPrior(image_shape, bool(progressive), stages, width, depth, frequencies,
+                         int(seed)))
   step_size = DEFAULT_STEP_SIZES[prior] if step_size is None else step_size
   weights = {name: _checks.number(name, value, low=0.0) for name, value in (
       ("tv_weight", tv_weight), ("l2_weight", l2_weight), ("proximity_weight", proximity_weight),
@@ -517,10 +405,9 @@ def data_free_attack(
       statistics_reference=jnp.asarray(reference),
       **{name: jnp.asarray(value, jnp.float32) for name, value in weights.items()})
   problem = DataFreeProblem(
-      image_shape=image_shape, prior=prior, progressive=bool(progressive), stages=stages,
-      objective=objective, optimizer=_optimizer_factory(optimizer), precision=precision,
-      has_statistics=statistics is not None, has_manifold=manifold is not None, width=width,
-      depth=depth, frequencies=frequencies, seed=int(seed))
+      prior=image_prior, objective=objective, optimizer=_optimizer_factory(optimizer),
+      precision=precision, has_statistics=statistics is not None,
+      has_manifold=manifold is not None)
   flat = images.reshape(n, int(np.prod(image_shape)))
   result, stats = _driver.solve(problem, models, flat, target, hyper, schedule=schedule,
                                 batch_size=batch_size, mesh=mesh, progress=progress,

@@ -9,7 +9,7 @@ import pytest
 import cfajax
 from cfajax import _scheduler
 from cfajax import metrics
-from cfajax._data_free import DataFreeProblem
+from cfajax._priors import ImplicitPrior
 
 from conftest import Z_ATOL
 from conftest import enable_x64
@@ -121,9 +121,8 @@ def test_progressive_pixels_change_coarse_levels_first():
 
 
 def test_implicit_bands_fade_in_one_group_per_stage():
-  problem = DataFreeProblem((8, 8, 1), prior="implicit", progressive=True, stages=3,
-                            frequencies=6)
-  weights = lambda steps: np.asarray(problem._band_weights(jnp.asarray(steps), jnp.asarray(10)))
+  prior = ImplicitPrior((8, 8, 1), progressive=True, stages=3, frequencies=6)
+  weights = lambda steps: np.asarray(prior._band_weights(jnp.asarray(steps), jnp.asarray(10)))
   np.testing.assert_allclose(weights(0), [1, 1, 0, 0, 0, 0])
   np.testing.assert_allclose(weights(15), [1, 1, 0.5, 0.5, 0, 0])
   np.testing.assert_allclose(weights(25), [1, 1, 1, 1, 0.5, 0.5])
