@@ -125,3 +125,49 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
   data, split = explained_split(config, train, test)
   return Inputs(classifier=model, generator=models["VAE"], data=data, attributes=table,
                 validation=validation, decision=decision, info=info, split=split)
+
+
+def _checkpoint_config(path: str, kind: str) -> dict[str, Any]:
+  info = _checkpoint.read_checkpoint_info(path)
+  kinds = ("vae", "gan") if kind == "vae" else (kind,)  # any generator
+  if info["kind"] not in kinds:
+    raise ValueError(f"{path} holds a {info['kind']}, not a {' or a '.join(kinds)}")
+  return info["config"]
+
+
+def check_checkpoints(config) -> None:
+  """Checks the checkpoints a preset will use (named, or already in out/models) fit it."""
+  assert config.dataset is not None and config.out is not None  # a preset's, checked already
+  shape = list(_recipes.image_shape(config.dataset, image_size(config)))
+  paths = {}
+  for kind, spec, folder in (("vae", config.generator, "vae"),
+                             ("classifier", config.classifier, "classifier")):
+    if spec is not None and _sources.is_import_string(spec):
+      continue  # a user's model, checked against the images once it is built
+    path = spec or os.path.join(config.out, "models", folder)
+    if spec is None and not os.path.exists(path):
+      continue  # trained by the recipe, which fits the dataset
+    model = _checkpoint_config(path, kind)
+    if list(model.get("image_shape", [])) != shape:
+      raise ValueError(f"the {kind} at {path} takes images of shape {model.get('image_shape')}; "
+                       f"{config.dataset} images are {shape}")
+    paths[kind] = path
+  if "classifier" in paths:
+    model = _checkpoint_config(paths["classifier"], "classifier")
+    names, count, where = tuple(model.get("output_names", ())), model.get("num_outputs"), \
+        f" at {paths['classifier']}"
+  elif config.classifier is not None:
+    return
+  else:  # the recipe's classifier
+    recipe_config = _recipes.classifier_config(
+        config.dataset, shape, attributes=(config.target_attribute,)
+        if config.dataset == "celeba" else None)
+    names, count, where = recipe_config.output_names, recipe_config.num_outputs, ""
+  if config.dataset == "celeba":
+    if config.target_attribute not in names:
+      raise ValueError(f"the classifier{where} predicts {list(names)}, not the CelebA "
+                       f"attribute {config.target_attribute!r}")
+  # A classifier's checkpoint config always has num_outputs.
+  elif count != 1 and max(config.classes) >= count:  # pyright: ignore[reportOperatorIssue]
+    raise ValueError(f"classes {tuple(config.classes)} do not exist in the classifier{where}, "
+                     f"which has {count} classes (0 to {count - 1})")  # pyright: ignore[reportOptionalOperand]
