@@ -321,6 +321,18 @@ def main(argv=None):
   print(f"measured matmul peak: f32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
 
+  # The record is written after each part, so a run cut off by a time limit (a lent GPU's
+  # command limit) keeps what it measured; "complete" says how far it got.
+  record = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "device": device, "workload": args.workload, "trained_weights": trained,
+            "latents": source, "matmul_peak_flops": peaks, "fixed_steps": args.steps,
+            "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
+
+  def save(complete: str, **parts) -> None:
+    record.update(parts, complete=complete)
+    if args.out:
+      timing.write_results(args.out, record)
+
   rows = []
   for batch in batches:
     zb = np.resize(z, (batch, z.shape[1])).astype(np.float32)
@@ -337,6 +349,7 @@ def main(argv=None):
       rows.append(row)
       print(f"  cfajax {precision:8s} batch {batch:6d}: "
             f"{row['latent_steps_per_s']:.4g} latent-steps/s, compile {row['compile_s']:.2f} s")
+      save("cfajax rows", throughput=rows)
 
   torch_rows, torch_note, torch_version, torch_setup = [], "skipped (--skip-torch)", None, None
   if not args.skip_torch:
@@ -354,11 +367,15 @@ def main(argv=None):
       torch_note = "measured"
   print(f"PyTorch peers: {torch_note}")
   rows.extend(torch_rows)
+  ratios = peer_ratios(rows)
+  save("peers", throughput=rows, torch=torch_note, torch_version=torch_version,
+       torch_setup=torch_setup, peer_ratios=ratios)
 
   real_z, real_t = z[:args.real_count], target[:args.real_count]
   schedule_rows, agreement = schedules_on_real_latents(
       vae, classifier, real_z, real_t, args.real_batch, args.threshold, args.max_steps,
       repeats=max(1, args.repeats - 1))
+  save("schedules", schedules=schedule_rows, bf16_agreement=agreement)
 
   planted_rows = schedules_on_planted_steps(repeats=max(1, args.repeats - 1))
 
@@ -372,22 +389,13 @@ def main(argv=None):
   print("\nschedules on planted step counts (a linear toy: the schedulers alone)")
   timing.print_table(planted_rows, ["schedule", "n", "pool", "steps", "min_steps", "max_steps",
                                     "useful_step_fraction", "median_s"])
-  ratios = peer_ratios(rows)
   if ratios:
     print("\ncfajax over the best PyTorch peer (latent-steps/s, same precision and batch)")
     timing.print_table(ratios, ["precision", "batch", "cfajax", "best_torch", "best_torch_rate",
                                 "cfajax_over_best_torch", "cfajax_over_torch_loop"])
   print(f"\nbf16 vs float32 (continuous): {agreement}")
+  save("all", schedules_planted=planted_rows)
   if args.out:
-    timing.write_results(args.out, {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "device": device, "workload": args.workload, "trained_weights": trained,
-        "latents": source, "matmul_peak_flops": peaks, "fixed_steps": args.steps,
-        "throughput": rows, "schedules": schedule_rows,
-        "schedules_planted": planted_rows, "bf16_agreement": agreement,
-        "torch": torch_note, "torch_version": torch_version,
-        "torch_setup": torch_setup, "peer_ratios": ratios,
-        "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")})
     print(f"wrote {args.out}")
 
 

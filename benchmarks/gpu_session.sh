@@ -10,11 +10,16 @@
 #   STAGES="celeba global nsys" bash benchmarks/gpu_session.sh .devdata "$OUT"
 #
 # Stages, each under its own time limit so that one that fails or overruns costs only itself
-# (its error is in log.txt and the next stage runs):
+# (its error is in log.txt and the next stage runs; the throughput script writes its record
+# after each part, so a stage cut off keeps what it measured). The limits (seconds) are
+# CLASSIFIER_LIMIT 50, VAE_LIMIT 70, MNIST_LIMIT 280, CELEBA_LIMIT 120, GLOBAL_LIMIT 60 and
+# NSYS_LIMIT 50, sized from the first H200 session (benchmarks/results/gpu-2026-12-04): training
+# took 28 s and 46 s there, the global explanation 36 s, and the throughput stages ran past
+# 180 s and 90 s at five and three batch sizes.
 #   1. env.txt: the GPU, driver, and JAX, jaxlib, Flax and PyTorch versions;
 #   2. the MNIST classifier and VAE by the recipe (seconds on a GPU), into runs/gpu-session
 #      (kept: a later call skips what is there);
-#   3. mnist-gpu.json: attack throughput, float32 and bf16, batch 256 to 65,536, against the
+#   3. mnist-gpu.json: attack throughput, float32 and bf16, batch 1,024 to 65,536, against the
 #      PyTorch peers, and both schedules on real latents (benchmarks/attack_throughput.py);
 #   4. celeba-gpu.json: the CelebA 64x64 workload, random weights (no faces travel);
 #   5. global-mnist-gpu.json: the 70,000-image global explanation, stage by stage;
@@ -24,12 +29,12 @@
 # The environment variables below shrink every stage for a dry run on a CPU, e.g.
 #   BATCHES=256 CELEBA_BATCHES=64 STEPS=2 REPEATS=1 REAL_COUNT=256 TORCH_LOOP=2 EPOCHS=1 \
 #     LIMIT=2000 MAX_STEPS=20 bash benchmarks/gpu_session.sh ../shared/data /tmp/gpu-dry-run
-# A stage cut off by its limit leaves no JSON, but log.txt keeps the rows it printed.
+# A stage cut off by its limit keeps the parts it finished, and log.txt the rows it printed.
 set -uo pipefail
 data=${1:?usage: gpu_session.sh DATA_DIR OUT_DIR (DATA_DIR holds mnist/)}
 out=${2:?usage: gpu_session.sh DATA_DIR OUT_DIR}
-BATCHES=${BATCHES:-256,1024,4096,16384,65536}
-CELEBA_BATCHES=${CELEBA_BATCHES:-256,1024,4096}
+BATCHES=${BATCHES:-1024,16384,65536}
+CELEBA_BATCHES=${CELEBA_BATCHES:-256,1024}
 STEPS=${STEPS:-20}
 REPEATS=${REPEATS:-3}
 REAL_COUNT=${REAL_COUNT:-4096}
@@ -73,11 +78,11 @@ PY
 } >"$out/env.txt" 2>&1
 
 if wanted train && [ ! -d "$runs/classifier" ]; then
-  stage "train classifier" 75 python -m cfajax train classifier --dataset mnist \
+  stage "train classifier" "${CLASSIFIER_LIMIT:-50}" python -m cfajax train classifier --dataset mnist \
       --data-dir "$data" --out "$runs/classifier" --no-progress --epochs "${EPOCHS:-8}"
 fi
 if wanted train && [ ! -d "$runs/vae" ]; then
-  stage "train vae" 90 python -m cfajax train vae --dataset mnist --data-dir "$data" \
+  stage "train vae" "${VAE_LIMIT:-70}" python -m cfajax train vae --dataset mnist --data-dir "$data" \
       --out "$runs/vae" --no-progress --epochs "${EPOCHS:-10}"
 fi
 models=()
@@ -85,21 +90,21 @@ if [ -d "$runs/vae" ] && [ -d "$runs/classifier" ]; then
   models=(--vae "$runs/vae" --classifier "$runs/classifier")
 fi
 
-wanted mnist && stage "mnist throughput" 180 python benchmarks/attack_throughput.py \
+wanted mnist && stage "mnist throughput" "${MNIST_LIMIT:-280}" python benchmarks/attack_throughput.py \
     --workload mnist "${models[@]}" --data-dir "$data/mnist" --batch-sizes "$BATCHES" \
     --steps "$STEPS" --repeats "$REPEATS" \
     --real-count "$REAL_COUNT" --torch-loop-count "$TORCH_LOOP" --max-steps "$MAX_STEPS" \
     --out "$out/mnist-gpu.json"
-wanted celeba && stage "celeba throughput" 90 python benchmarks/attack_throughput.py \
+wanted celeba && stage "celeba throughput" "${CELEBA_LIMIT:-120}" python benchmarks/attack_throughput.py \
     --workload celeba --batch-sizes "$CELEBA_BATCHES" --steps "$STEPS" --repeats "$REPEATS" \
     --real-count "${CELEBA_BATCHES##*,}" --torch-loop-count "$TORCH_LOOP" \
     --max-steps "$MAX_STEPS" --out "$out/celeba-gpu.json"
-wanted global && stage "global explanation" 75 python benchmarks/global_explanation.py \
+wanted global && stage "global explanation" "${GLOBAL_LIMIT:-60}" python benchmarks/global_explanation.py \
     "${models[@]}" --data-dir "$data/mnist" --limit "$LIMIT" --max-steps "$MAX_STEPS" \
     --repeats "$REPEATS" \
     --out "$out/global-mnist-gpu.json"
 if wanted nsys && command -v nsys >/dev/null; then
-  stage "nsys kernels" 50 nsys profile --stats=true --force-overwrite=true -o "$runs/attack" \
+  stage "nsys kernels" "${NSYS_LIMIT:-50}" nsys profile --stats=true --force-overwrite=true -o "$runs/attack" \
       python benchmarks/attack_throughput.py --workload mnist "${models[@]}" \
       --data-dir "$data/mnist" --batch-sizes "${BATCHES##*,}" --steps "$STEPS" --repeats 1 \
       --real-count 1024 --skip-torch

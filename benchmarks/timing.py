@@ -96,10 +96,13 @@ def matmul_peak(dtype=jnp.float32, size: int | None = None) -> float:
 
 
 def write_results(path: str, results: dict[str, Any]) -> None:
+  """Writes results as JSON, whole or not at all: a run killed mid-write keeps the last record."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
+  partial = f"{path}.partial"
+  with open(partial, "w") as f:
     json.dump(results, f, indent=2, default=lambda o: np.asarray(o).tolist())
     f.write("\n")
+  os.replace(partial, path)
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
