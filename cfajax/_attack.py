@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cfajax import _array_checks
 from cfajax import _checks
 from cfajax import _driver
 from cfajax._callables import as_pure_callable
-from cfajax._loop import OBJECTIVES
+from cfajax._choices import OBJECTIVES
 from cfajax._loop import PRECISIONS
 from cfajax._loop import AttackConfig
 from cfajax._loop import AttackHyper
@@ -165,7 +166,7 @@ def step_rule(optimizer) -> TrustRegion | OptaxStep:
 def make_config(objective: str, optimizer, step_size, precision) -> tuple[AttackConfig, float]:
   """Checks the static options; returns the config and the (traced) step size."""
   _checks.choice("objective", objective, OBJECTIVES)
-  _checks.precision(precision, PRECISIONS)
+  _array_checks.precision(precision, PRECISIONS)
   optimizer = step_rule(optimizer)
   if isinstance(optimizer, OptaxStep) and isinstance(optimizer.optimizer,
                                                      optax.GradientTransformation):
@@ -304,7 +305,7 @@ def counterfactual_attack(
     >>> counterfactuals = vae.decode(result.z[result.success])
   """
   config, step_size = make_config(objective, optimizer, step_size, precision)
-  z = _checks.latents(z)
+  z = _array_checks.latents(z)
   batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   decode, classify = as_pure_callable(decode), as_pure_callable(classify)
   signature = check_models(decode, classify, z.shape[1], z.dtype)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfajax import _checks
+from cfajax import _array_checks
 from cfajax import _data
 from cfajax import _descriptors
 
@@ -70,7 +70,8 @@ class AttributeTable:
     if self.images is not None:
       object.__setattr__(self, "images", _data.as_image_dataset(self.images).images)
     if self.latents is not None:
-      object.__setattr__(self, "latents", _checks.latents(self.latents, f"{self.name} latents"))
+      object.__setattr__(self, "latents",
+                         _array_checks.latents(self.latents, f"{self.name} latents"))
 
   def __len__(self) -> int:
     return len(self.values)

@@ -1,8 +1,10 @@
-"""Checks of user-given options, done in Python before anything is traced or run.
+"""Checks of user-given scalar options, done in Python before anything is traced or run.
 
 Each check names the option, says what was expected and what came, so that a
 wrong type or range is a `ValueError` the user can act on, never an error from
-deep inside NumPy or JAX.
+deep inside NumPy or JAX. Pure Python and NumPy: the command line and the
+attack values check their options without loading JAX (arrays and
+precisions are checked in `_array_checks`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 INT32_MAX = 2**31 - 1
@@ -64,40 +64,6 @@ def choice(name: str, value, choices) -> str:
     raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got "
                      f"{_describe(value)}")
   return value
-
-
-def precision(value, choices) -> str:
-  """`value` if it is one of `choices` and, for "float64", JAX runs in 64 bits."""
-  choice("precision", value, choices)
-  if value == "float64" and not jax.config.read("jax_enable_x64"):
-    raise ValueError("precision='float64' needs 64-bit JAX: set "
-                     "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) first")
-  return value
-
-
-def finite_rows(x, name: str, ndim: int, what: str, row: str) -> np.ndarray:
-  """`x` as a host array after checking it is a finite float array of `ndim` axes.
-
-  `what` names the expected array in the error ("latents of shape (n, d)"),
-  `row` one of its rows ("latent").
-  """
-  if not hasattr(x, "shape"):
-    x = np.asarray(x)
-  if x.ndim != ndim:
-    raise ValueError(f"{name} must be {what}; got shape {tuple(x.shape)}")
-  host = np.asarray(x)
-  if not jnp.issubdtype(host.dtype, jnp.floating):
-    raise ValueError(f"{name} must be a floating-point array; got dtype {host.dtype}")
-  if not np.all(np.isfinite(host)):
-    bad = np.flatnonzero(~np.all(np.isfinite(host.reshape(len(host), -1)), axis=1))
-    raise ValueError(
-        f"{name} must be finite; {bad.size} {row}(s) hold NaN or inf, first at row {bad[0]}")
-  return host
-
-
-def latents(z, name: str = "z") -> np.ndarray:
-  """`z` as a host array after checking it is a finite (n, d) float array."""
-  return finite_rows(z, name, 2, "latents of shape (n, d)", "latent")
 
 
 def _range(low, high, low_open, high_open) -> str:

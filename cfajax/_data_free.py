@@ -70,12 +70,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfajax import _array_checks
 from cfajax import _checks
 from cfajax import _driver
 from cfajax._attack import _optimizer_factory
 from cfajax._attack import check_targets
 from cfajax._callables import as_pure_callable
-from cfajax._loop import OBJECTIVES
+from cfajax._choices import OBJECTIVES
+from cfajax._choices import PRIORS
 from cfajax._loop import PRECISIONS
 from cfajax._loop import Outcome
 from cfajax._loop import cast_model
@@ -90,7 +92,6 @@ from cfajax._status import RUNNING
 from cfajax._status import Status
 from cfajax._status import next_status
 
-PRIORS = ("pixels", "implicit")
 # Adam learning rates per prior, tuned with the weights (RESULTS.md).
 DEFAULT_STEP_SIZES = {"pixels": 0.01, "implicit": 0.001}
 
@@ -247,7 +248,7 @@ class DataFreeProblem:
 
 
 def _check_images(images) -> np.ndarray:
-  host = _checks.finite_rows(images, "images", 4, "query images (n, H, W, C)", "image")
+  host = _array_checks.finite_rows(images, "images", 4, "query images (n, H, W, C)", "image")
   if host.size and (host.min() < 0 or host.max() > 1):
     raise ValueError(f"images must lie in [0, 1] (the prior clips counterfactuals to it); got "
                      f"values in [{host.min():.4g}, {host.max():.4g}]")
@@ -351,7 +352,7 @@ def data_free_attack(
   n, image_shape = len(images), tuple(images.shape[1:])
   _checks.choice("prior", prior, PRIORS)
   _checks.choice("objective", objective, OBJECTIVES)
-  _checks.precision(precision, PRECISIONS)
+  _array_checks.precision(precision, PRECISIONS)
   batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   stages = _checks.integer("stages", stages, low=1, high=8)
   width = _checks.integer("width", width, low=1)

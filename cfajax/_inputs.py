@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cfajax import _checks
+from cfajax import _array_checks
 from cfajax import _data
 from cfajax import _sources
 from cfajax._attribute_tables import AttributeTable
@@ -167,7 +167,7 @@ def given_latents(latents, num_images: int, latent_dim: int):
   errors = None
   if isinstance(latents, InversionResult):
     latents, errors = latents.z, np.asarray(latents.pixel_mse, np.float64)
-  z = _checks.latents(latents, "latents")
+  z = _array_checks.latents(latents, "latents")
   if z.shape != (num_images, latent_dim):
     raise ValueError(f"latents must hold one row per image to explain, of the generator's "
                      f"latent size: ({num_images}, {latent_dim}); got {z.shape}")

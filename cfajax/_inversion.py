@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfajax import _array_checks
 from cfajax import _checks
 from cfajax import _driver
 from cfajax._attack import _optimizer_factory
@@ -239,7 +240,7 @@ def invert(
   """
   images = _check_images(images)
   starts = _checks.integer("starts", starts, low=1, high=1024)
-  _checks.precision(precision, PRECISIONS)
+  _array_checks.precision(precision, PRECISIONS)
   batch_size, mesh = _driver.check_schedule(schedule, batch_size, mesh)
   hyper = InversionHyper(
       tolerance=jnp.asarray(_checks.number("tolerance", tolerance, low=0.0), jnp.float32),

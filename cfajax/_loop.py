@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cfajax._choices import OBJECTIVES  # noqa: F401  (re-exported)
 from cfajax._status import EMPTY  # noqa: F401  (re-exported)
 from cfajax._status import RUNNING
 from cfajax._status import Status
@@ -37,9 +38,6 @@ from cfajax._status import next_status
 from cfajax._steps import OptaxStep
 from cfajax._steps import TrustRegion
 from cfajax._steps import make_transformation  # noqa: F401  (the inversion's and DISC's)
-
-OBJECTIVES = ("logit", "prob", "log_prob")
-
 
 PRECISIONS = ("float32", "bfloat16", "float64")
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfajax import _array_checks
 from cfajax import _checks
 from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
@@ -148,7 +149,8 @@ def pgd_attack(
   Raises:
     ValueError: on images, labels or options of the wrong type, shape or range.
   """
-  x = _checks.finite_rows(images, "images", 4, "images (n, H, W, C)", "image").astype(np.float32)
+  x = _array_checks.finite_rows(images, "images", 4, "images (n, H, W, C)",
+                                "image").astype(np.float32)
   _checks.choice("norm", norm, NORMS)
   epsilon = _checks.number("epsilon", epsilon, low=0.0)
   steps = _checks.integer("steps", steps, low=0)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfajax import _array_checks
 from cfajax import _checks
 from cfajax._attack import check_targets
 from cfajax._batching import map_batches
@@ -28,11 +29,11 @@ from cfajax._sources import output_width
 
 
 def _images(name: str, x) -> np.ndarray:
-  return _checks.finite_rows(x, name, 4, "images (n, H, W, C)", "image").astype(np.float32)
+  return _array_checks.finite_rows(x, name, 4, "images (n, H, W, C)", "image").astype(np.float32)
 
 
 def _maps(name: str, x) -> np.ndarray:
-  return _checks.finite_rows(x, name, 3, "maps (n, H, W)", "map")
+  return _array_checks.finite_rows(x, name, 3, "maps (n, H, W)", "map")
 
 
 def _gaussian_kernel(sigma: float) -> np.ndarray:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfajax import _checks
+from cfajax import _array_checks
 
 
 def check_attributes(attributes, n: int, what: str = "attributes") -> np.ndarray:
@@ -122,7 +122,7 @@ def _split(z, y, validation, validation_fraction, seed):
   if validation is not None:
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
       raise ValueError("validation must be a pair (z_val, attributes_val)")
-    z_val = _checks.latents(validation[0])
+    z_val = _array_checks.latents(validation[0])
     if z_val.shape[1] != z.shape[1]:
       raise ValueError(
           f"validation latents have dimension {z_val.shape[1]}; the latents have {z.shape[1]}")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from cfajax import _checks
+from cfajax import _array_checks
 from cfajax._probes._metrics import probe_metrics
 from cfajax._probes._problem import _split
 from cfajax._probes._problem import check_attributes
@@ -84,7 +84,7 @@ def fit_probes(
     ...                     validation_fraction=0.2)
     >>> probes.predict_proba(z_cf) - probes.predict_proba(z)   # local attributions
   """
-  z = _checks.latents(z)
+  z = _array_checks.latents(z)
   y = check_attributes(attributes, z.shape[0])
   if z.shape[0] == 0 or y.shape[1] == 0:
     raise ValueError(f"need at least one latent and one attribute; got attributes {y.shape}")
