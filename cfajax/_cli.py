@@ -7,6 +7,8 @@ import dataclasses
 import json
 import sys
 
+from cfajax import attacks
+from cfajax._explain_config import ExplainConfig
 from cfajax._recipes import CELEBA_DEFAULT_ATTRIBUTES
 from cfajax._recipes import CELEBA_HOLDOUT
 from cfajax._recipes import RECIPES
@@ -107,25 +109,28 @@ def _parse_value(kind: str):
 
 
 def _add_explain_parser(commands) -> None:
-  from cfajax._explain_config import ExplainConfig
   parser = commands.add_parser(
       "explain", help="global explanation of a classifier over a whole dataset",
       description="Encode the images, fit attribute probes, attack every example and "
                   "aggregate the attributions. With no options: scikit-learn's digits, "
                   "trained models, morphometric descriptors (no download). Your own: "
                   "--images DIR --attributes CSV --classifier SPEC --generator SPEC.")
-  for field in dataclasses.fields(ExplainConfig):
-    flags = ["--" + field.name.replace("_", "-")] + (["--vae"] if field.name == "generator" else [])
-    kind = str(field.type)
-    help_text = EXPLAIN_HELP[field.name]
+  # The pipeline's own options, then the attack's in their flat form (one flag per option of
+  # any attack, mapped to an attack value in `_run_explain`).
+  options = [(f.name, str(f.type), f.default) for f in dataclasses.fields(ExplainConfig)
+             if f.name != "attack"]
+  options += [(name, _flat_type(default), default)
+              for name, default in attacks.flat_defaults().items()]
+  for name, kind, default in options:
+    flags = ["--" + name.replace("_", "-")] + (["--vae"] if name == "generator" else [])
+    help_text = EXPLAIN_HELP[name]
     if kind == "bool":
-      parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=field.default,
+      parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
                           help=help_text)
     else:
-      default = (",".join(map(str, field.default)) if isinstance(field.default, tuple)
-                 else field.default)
-      shown = "" if default is None else f" (default: {default})"
-      parser.add_argument(*flags, type=_parse_value(kind), default=field.default,
+      shown = (",".join(map(str, default)) if isinstance(default, tuple) else default)
+      shown = "" if shown is None else f" (default: {shown})"
+      parser.add_argument(*flags, type=_parse_value(kind), default=default,
                           help=f"{help_text}{shown}")
   parser.add_argument("--restart", "--overwrite", action="store_true",
                       help="discard the results already in --out (and the models trained "
@@ -133,12 +138,22 @@ def _add_explain_parser(commands) -> None:
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _flat_type(default) -> str:
+  """The kind `_parse_value` reads an attack flag as, from its default."""
+  if default is None:
+    return "str | None"
+  return {bool: "bool", int: "int", float: "float"}.get(type(default), "str")
+
+
 def _run_explain(args) -> int:
   from cfajax._explain import explain
-  from cfajax._explain_config import ExplainConfig
-  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExplainConfig)}
+  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExplainConfig)
+            if f.name != "attack"}
   try:
-    summary = explain(ExplainConfig(**values), progress=not args.no_progress,
+    # The flags name an attack value; the data-free attack's seed is the run's.
+    attack = attacks.from_flat({**{name: getattr(args, name) for name in attacks.flat_defaults()},
+                                "seed": args.seed})
+    summary = explain(ExplainConfig(**values, attack=attack), progress=not args.no_progress,
                       restart=args.restart)
   except KeyboardInterrupt:
     out = values["out"] or "the output folder"

@@ -51,10 +51,10 @@ from cfajax import _runfolder
 from cfajax import _sources
 from cfajax import attacks
 from cfajax._batching import apply_batched
+from cfajax._explain_checks import check_config
 from cfajax._explain_config import RESUMABLE_OPTIONS
 from cfajax._explain_config import TRAINING_OPTIONS
 from cfajax._explain_config import ExplainConfig
-from cfajax._explain_config import check_config
 from cfajax._explain_config import check_option_names
 from cfajax._explain_config import with_quick_defaults
 from cfajax._explain_outputs import _summary
@@ -86,10 +86,9 @@ def _open_folder(config: ExplainConfig, restart: bool, leader: bool, log) -> dic
     previous = {"config": {}}
   if previous is None:
     return None
-  new = config.to_dict()
-  old = ExplainConfig.from_dict(previous["config"]).to_dict() if previous["config"] else {}
-  defining = [f.name for f in dataclasses.fields(ExplainConfig)
-              if f.name not in RESUMABLE_OPTIONS]
+  new = _comparable(config)
+  old = _comparable(ExplainConfig.from_dict(previous["config"])) if previous["config"] else {}
+  defining = [name for name in new if name not in RESUMABLE_OPTIONS]
   changes = _runfolder.option_changes(old, new, defining)
   if changes and not restart:
     raise ValueError(
@@ -107,6 +106,13 @@ def _open_folder(config: ExplainConfig, restart: bool, leader: bool, log) -> dic
   if free:
     log("resuming with options that change no saved result: " + "; ".join(free))
   return previous
+
+
+def _comparable(config: ExplainConfig) -> dict[str, Any]:
+  """`config`'s options with the attack's as `attack.<option>`: each compared on its own."""
+  values = config.to_dict()
+  attack = values.pop("attack")
+  return {**values, **{f"attack.{name}": value for name, value in attack.items()}}
 
 
 def _sync(name: str) -> None:
@@ -190,11 +196,11 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
       pixel errors then leave out badly inverted images, as when the
       pipeline inverts). Used instead of the generator's encode or an
       inversion, e.g. to invert once for several decisions on the same images.
-    attack: what makes each counterfactual: a `cfajax.attacks.LatentAttack`
-      (the default, with `config`'s attack options), `PixelAttack` or
-      `DataFreeAttack`; it sets `config`'s attack fields, the form in which
-      run.json records it. A name ("pixel") is the config field, with the
-      attack's options in `config`.
+    attack: what makes each counterfactual, with its options: a
+      `cfajax.attacks` value, `LatentAttack(...)` (the default),
+      `PixelAttack(...)` or `DataFreeAttack(...)`; it replaces `config`'s
+      attack. (A name, "pixel", with the options as keywords of their own,
+      is the form before values: accepted with a DeprecationWarning.)
     progress: show progress bars.
     log: where one-line status messages go (`print`; `None` for silence).
     restart: discard the results already in `out` (and a preset's models
@@ -215,15 +221,9 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   objects = dict(classifier=classifier, generator=generator, images=images,
                  attributes=attributes)
   options = dict(options)
-  if isinstance(attack, str):  # the config field's form: a name, with the other fields' options
-    options["attack"], attack = attack, None
-  config, objects = _split_inputs(config, objects, options)
   if attack is not None:
-    if not isinstance(attack, tuple(attacks.ATTACKS.values())):
-      raise ValueError(f"attack must be a cfajax.attacks value (LatentAttack, PixelAttack or "
-                       f"DataFreeAttack) or one's name; got {type(attack).__name__}")
-    attack.check()
-    config = dataclasses.replace(config, **attack.config_fields())
+    options["attack"] = attack if isinstance(attack, str) else attacks.check_value(attack)
+  config, objects = _split_inputs(config, objects, options)
   check_config(config)
   config = with_quick_defaults(config)
   log = log or (lambda message: None)
@@ -269,7 +269,7 @@ def _explain(config, inputs, decision, objects, record, previous, progress, lead
   `inputs` are the user's, already read, and `decision` the classifier's
   outputs on them; both None for a preset's."""
   report = _Report(log)
-  attack = attacks.from_config(config)
+  attack = config.attack
   bars = progress and leader
   if inputs is None:
     inputs = _presets.preset_inputs(config, classifier=objects["classifier"],

@@ -1,27 +1,26 @@
-"""The options of a dataset-wide explanation, and their checks before any work.
+"""The options of a dataset-wide explanation.
 
-`ExplainConfig` holds every option (all JSON-serialisable, so run.json can
-record them); `check_config` checks each one's type and range, and a
-preset's checkpoints against its dataset, before anything is loaded,
-trained or written.
+`ExplainConfig` holds the pipeline's own options and the attack, a value of
+`cfajax.attacks` that holds its own; all of it is JSON-serialisable, so
+run.json records it. Importable without JAX: the command line is built from
+it (the checks before any work are `_explain_checks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import warnings
 from typing import Any
 
-# Only the dataclass is needed to build the command line, so the checks'
-# modules (JAX among them) are imported where they run: `cfajax --help`
-# starts without JAX.
+from cfajax import _recipes
+from cfajax import attacks
 
 # Options that change no chunk, model or selected example: they may differ
 # between the runs of one output folder. (pool_size changes only the
 # summation order inside batched products; model, image and attribute sources
 # count by their digests, data_dir by the latents it leads to.)
 RESUMABLE_OPTIONS = ("out", "data_dir", "generator", "classifier", "images", "attributes",
-                     "manifold",
+                     "attack.manifold",
                      "pool_size", "chunk_size", "exclude_attributes",
                      "max_attribute_correlation", "probe_c", "probe_class_weight",
                      "probe_standardize", "probe_validation_fraction", "num_bootstrap",
@@ -36,6 +35,10 @@ TRAINING_OPTIONS = ("dataset", "image_size", "target_attribute", "latent_dim", "
 @dataclasses.dataclass(frozen=True)
 class ExplainConfig:
   """Every option of a dataset-wide explanation (all JSON-serialisable).
+
+  The attack's options as fields of their own (`threshold=`, `optimizer=`,
+  `attack="data-free"`, ..., the form before attack values) are still
+  accepted, with a DeprecationWarning, and folded into `attack`.
 
   Attributes:
     dataset: a preset, "digits" (scikit-learn's, embedded), "mnist" or
@@ -70,26 +73,13 @@ class ExplainConfig:
     vae_widths, classifier_widths, vae_epochs, classifier_epochs,
       train_batch_size: for a preset's models trained when no checkpoint
       exists (0 or empty: the recipe's, as `cfajax train` uses).
-    threshold, step_size, max_steps, objective, optimizer, learning_rate,
-    precision, pool_size: the attack's options (`optimizer` is "trust-region",
-      scale-free steps along the gradient whose first radius is `step_size`;
-      "ascent", the paper's plain gradient ascent with learning rate
-      `step_size`; or "adam" at `learning_rate`). The threshold defaults to 0.9, not
-      the decision boundary 0.5: at 0.5 counterfactuals barely cross it and an
-      independent oracle agreed with 69% of them on the quick start's digits,
-      against 97.5% at 0.9 for three more steps (experiments/RESULTS.md,
-      "Stopping threshold").
-    attack: what makes each counterfactual: "latent" (the attack on the
-      generator's latents, the paper's), "data-free" (`data_free_attack`,
-      DISC-style deep inversion from the classifier alone) or "pixel" (the
-      pixel attack, the adversarial baseline, with the latent attack's step
-      options). For "data-free" and "pixel" the generator is used only to
-      measure attributions: phi = g(E(x')) - g(E(x)), x and x' encoded.
-    manifold, data_free_prior, data_free_progressive, tv_weight, l2_weight,
-      proximity_weight, manifold_weight: the data-free attack's options: a
-      DUQ checkpoint (or `module:factory`) for the manifold term, the image
-      prior, coarse-to-fine optimisation, and the terms' weights (its
-      learning rate is `DEFAULT_STEP_SIZES[prior]`).
+    attack: what makes each counterfactual, with its options: a
+      `cfajax.attacks` value, `LatentAttack()` (the attack on the generator's
+      latents, the paper's; the default), `DataFreeAttack(...)` (DISC-style
+      deep inversion from the classifier alone) or `PixelAttack(...)` (the
+      adversarial baseline). For the last two the generator only measures
+      attributions: phi = g(E(x')) - g(E(x)), x and x' encoded.
+    pool_size: latents on the device at once.
     inversion_starts, inversion_steps, inversion_step_size,
       inversion_prior_weight: for a generator without `encode`, how latents
       are found (`invert`); 100 steps of 0.1 reconstruct MNIST digits within
@@ -136,22 +126,8 @@ class ExplainConfig:
   vae_epochs: int = 0
   classifier_epochs: int = 0
   train_batch_size: int = 0
-  threshold: float = 0.9
-  step_size: float = 0.1
-  max_steps: int = 500
-  objective: str = "logit"
-  optimizer: str = "trust-region"
-  learning_rate: float = 0.05
-  precision: str = "float32"
   pool_size: int = 4096
-  attack: str = "latent"
-  manifold: str | None = None
-  data_free_prior: str = "implicit"
-  data_free_progressive: bool = True
-  tv_weight: float = 0.05
-  l2_weight: float = 0.0
-  proximity_weight: float = 10.0
-  manifold_weight: float = 0.003
+  attack: attacks.Attack = attacks.LatentAttack()
   inversion_starts: int = 4
   inversion_steps: int = 100
   inversion_step_size: float = 0.1
@@ -168,20 +144,68 @@ class ExplainConfig:
   exclude_started_at_target: bool = False
   num_figure_examples: int = 8
   seed: int = 0
+  # The attack's options as fields of their own, before attack values: read into `attack`.
+  threshold: dataclasses.InitVar[Any] = None
+  step_size: dataclasses.InitVar[Any] = None
+  max_steps: dataclasses.InitVar[Any] = None
+  objective: dataclasses.InitVar[Any] = None
+  optimizer: dataclasses.InitVar[Any] = None
+  learning_rate: dataclasses.InitVar[Any] = None
+  precision: dataclasses.InitVar[Any] = None
+  manifold: dataclasses.InitVar[Any] = None
+  data_free_prior: dataclasses.InitVar[Any] = None
+  data_free_progressive: dataclasses.InitVar[Any] = None
+  tv_weight: dataclasses.InitVar[Any] = None
+  l2_weight: dataclasses.InitVar[Any] = None
+  proximity_weight: dataclasses.InitVar[Any] = None
+  manifold_weight: dataclasses.InitVar[Any] = None
+
+  def __post_init__(self, *flat_values):
+    given = {name: value for name, value in zip(FLAT_ATTACK_OPTIONS, flat_values, strict=True)
+             if value is not None}
+    if not given and not isinstance(self.attack, str):
+      return
+    base = ({"attack": self.attack} if isinstance(self.attack, str)
+            else attacks.flat(self.attack))
+    attack = attacks.from_flat({**base, **given, "seed": self.seed})
+    named = ([f"attack={self.attack!r}"] if isinstance(self.attack, str) else []) + list(given)
+    warnings.warn(
+        f"ExplainConfig's attack options as fields of their own ({', '.join(named)}) are "
+        f"deprecated: pass attack=cfajax.attacks.{type(attack).__name__}(...) with them",
+        DeprecationWarning, stacklevel=3)
+    object.__setattr__(self, "attack", attack)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """Every option, JSON-serialisable; the attack as `{"name": ..., its options}`."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    values["attack"] = self.attack.to_dict()
+    return values
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> ExplainConfig:
+    """The config `to_dict` wrote, or a run.json's from before attack values (whose
+    attack options were fields of their own)."""
     values = dict(values)
     if "vae" in values:  # the generator's name before models other than VAEs were explained
       values["generator"] = values.pop("vae")
     check_option_names(values)
+    flat = {name: values.pop(name) for name in (*FLAT_ATTACK_OPTIONS, "attack")
+            if name in values and not isinstance(values[name], dict)}
+    if flat:
+      values["attack"] = attacks.from_flat({**flat, "seed": values.get("seed", 0)})
+    elif "attack" in values:
+      values["attack"] = attacks.from_dict(values["attack"])
     for name in ("classes", "vae_widths", "classifier_widths", "exclude_attributes"):
       if name in values:
         values[name] = tuple(values[name])
     return cls(**values)
+
+
+# The flat attack options ExplainConfig still accepts, in its InitVars' order.
+FLAT_ATTACK_OPTIONS = ("threshold", "step_size", "max_steps", "objective", "optimizer",
+                       "learning_rate", "precision", "manifold", "data_free_prior",
+                       "data_free_progressive", "tv_weight", "l2_weight", "proximity_weight",
+                       "manifold_weight")
 
 
 QUICK_LIMIT = 1000
@@ -191,7 +215,6 @@ def with_quick_defaults(config: ExplainConfig) -> ExplainConfig:
   """`config` with the options `quick` fills in (those left at 0) filled."""
   if not config.quick:
     return config
-  from cfajax import _recipes
   changes = {}
   if not config.limit:
     changes["limit"] = QUICK_LIMIT
@@ -207,19 +230,14 @@ def with_quick_defaults(config: ExplainConfig) -> ExplainConfig:
 def applicable_options(config: ExplainConfig, *, binary: bool, inverted: bool) -> dict[str, Any]:
   """The options that played a part in a run, for its summary (run.json keeps all).
 
-  Left out: the pair `classes` of a binary classifier; the other optimizer's
-  step size; inversion options when the generator had an encoder; CelebA's
-  attribute options for other data; a preset's data and training options for
-  the user's own inputs.
+  Left out: the pair `classes` of a binary classifier; inversion options
+  when the generator had an encoder; CelebA's attribute options for other
+  data; a preset's data and training options for the user's own inputs.
+  The attack is its own value's options.
   """
-  from cfajax import attacks
-
   unused = set()
   if binary:
     unused.add("classes")
-  # The attack fields other than those of the attack that ran (seed serves more than it).
-  unused |= (attacks.CONFIG_FIELDS - {"seed"}) - set(
-      attacks.from_config(config).config_fields())
   if not inverted:
     unused |= {"inversion_starts", "inversion_steps", "inversion_step_size",
                "inversion_prior_weight", "max_inversion_error"}
@@ -234,112 +252,7 @@ def applicable_options(config: ExplainConfig, *, binary: bool, inverted: bool) -
 
 
 def check_option_names(values) -> None:
-  known = [f.name for f in dataclasses.fields(ExplainConfig)]
+  known = [f.name for f in dataclasses.fields(ExplainConfig)] + list(FLAT_ATTACK_OPTIONS)
   unknown = sorted(set(values) - set(known))
   if unknown:
     raise ValueError(f"unknown explain options {unknown}; the options are {known}")
-
-
-def _int_tuple(name: str, value, *, length: int | None = None, low: int = 0) -> tuple[int, ...]:
-  from cfajax import _checks
-  if not isinstance(value, (tuple, list)):
-    raise ValueError(f"{name} must be a tuple of integers; got {type(value).__name__} "
-                     f"{value!r}")
-  if length is not None and len(value) != length:
-    raise ValueError(f"{name} must hold {length} integers; got {tuple(value)}")
-  return tuple(_checks.integer(f"{name}[{i}]", v, low=low) for i, v in enumerate(value))
-
-
-def _optional_path(name: str, value) -> None:
-  if value is not None and not isinstance(value, (str, os.PathLike)):
-    raise ValueError(f"{name} must be a path or None; got {type(value).__name__} {value!r}")
-
-
-def check_config(config: ExplainConfig) -> None:
-  """Checks every option's type and range, and a preset's checkpoints, before any work.
-
-  Raises:
-    ValueError: an option of the wrong type or out of range, classes the
-      classifier does not have, a target attribute CelebA does not have, or
-      checkpoints that do not fit the dataset.
-    FileNotFoundError: a named checkpoint does not exist.
-  """
-  import jax
-  import numpy as np
-
-  from cfajax import _checks
-  from cfajax import _data
-  from cfajax import _presets
-  from cfajax import attacks
-  c = config
-  if c.dataset is not None:
-    _checks.choice("dataset", c.dataset, _presets.PRESETS)
-  if not isinstance(c.out, (str, os.PathLike)) or not str(c.out):
-    raise ValueError(f"out must be a folder path; got {c.out!r}")
-  for name in ("data_dir", "generator", "classifier", "images", "attributes"):
-    _optional_path(name, getattr(c, name))
-  classes = _int_tuple("classes", c.classes, length=2)
-  if classes[0] == classes[1]:
-    raise ValueError(f"classes must be two different classes, e.g. (4, 9); got {classes}")
-  celeba = _data.CELEBA_ATTRIBUTE_NAMES
-  if not isinstance(c.target_attribute, str) or (c.dataset == "celeba"
-                                                 and c.target_attribute not in celeba):
-    raise ValueError(f"target_attribute must be one of CelebA's attributes {list(celeba)}; "
-                     f"got {c.target_attribute!r}")
-  if not isinstance(c.exclude_attributes, (tuple, list)) or not all(
-      isinstance(name, str) and (c.dataset != "celeba" or name in celeba)
-      for name in c.exclude_attributes):
-    raise ValueError(f"exclude_attributes must be attribute names"
-                     f"{' (CelebA: ' + str(list(celeba)) + ')' if c.dataset == 'celeba' else ''}"
-                     f"; got {c.exclude_attributes!r}")
-  _checks.number("max_attribute_correlation", c.max_attribute_correlation, low=0.0, high=1.0,
-                 low_open=True)
-  _checks.choice("explain_split", c.explain_split, ("train", "test", "all"))
-  _checks.integer("image_size", c.image_size, low=0, high=4096)
-  _checks.integer("latent_dim", c.latent_dim, low=0)
-  _int_tuple("vae_widths", c.vae_widths, low=1)
-  _int_tuple("classifier_widths", c.classifier_widths, low=1)
-  for name in ("vae_epochs", "classifier_epochs", "train_batch_size"):
-    _checks.integer(name, getattr(c, name), low=0)
-  # Every attack's options are checked, whichever attack runs: each value checks its own.
-  _checks.number("step_size", c.step_size, low=0.0, low_open=True)
-  _checks.number("learning_rate", c.learning_rate, low=0.0, low_open=True)
-  _checks.choice("attack", c.attack, tuple(attacks.ATTACKS))
-  for attack in attacks.ATTACKS.values():
-    attack.from_config(c).check()
-  pool_size = _checks.integer("pool_size", c.pool_size, low=1)
-  if pool_size < jax.local_device_count():
-    raise ValueError(f"pool_size ({pool_size}) must be at least the number of local devices "
-                     f"({jax.local_device_count()}) the attack's pool is split over")
-  _optional_path("manifold", c.manifold)
-  if c.manifold is not None and c.attack != "data-free":
-    raise ValueError(f"manifold is a model of the data-free attack; attack is {c.attack!r} "
-                     "(pass attack='data-free', or leave manifold out)")
-  if c.manifold is not None:
-    from cfajax import _sources
-    if not _sources.is_import_string(c.manifold) and not os.path.exists(c.manifold):
-      raise FileNotFoundError(f"manifold {c.manifold!r}: no checkpoint folder there (train one "
-                              "with `cfajax train duq`), and not an import string of the form "
-                              "package.module:factory")
-  _checks.integer("inversion_starts", c.inversion_starts, low=1, high=1024)
-  _checks.integer("inversion_steps", c.inversion_steps, low=0)
-  _checks.number("inversion_step_size", c.inversion_step_size, low=0.0, low_open=True)
-  _checks.number("inversion_prior_weight", c.inversion_prior_weight, low=0.0)
-  _checks.number("max_inversion_error", c.max_inversion_error, low=0.0)
-  _checks.integer("chunk_size", c.chunk_size, low=0)
-  _checks.integer("limit", c.limit, low=0)
-  _checks.number("probe_c", c.probe_c, low=0.0, low_open=True)
-  if c.probe_class_weight not in (None, "balanced"):
-    raise ValueError(f"probe_class_weight must be None or 'balanced'; got {c.probe_class_weight!r}")
-  _checks.integer("num_permutations", c.num_permutations, low=0)
-  for name in ("probe_standardize", "quick", "data_free_progressive", "probe_bootstrap",
-               "exclude_started_at_target"):
-    if not isinstance(getattr(c, name), (bool, np.bool_)):
-      raise ValueError(f"{name} must be True or False; got {getattr(c, name)!r}")
-  _checks.number("probe_validation_fraction", c.probe_validation_fraction, low=0.0, high=1.0,
-                 low_open=True, high_open=True)
-  _checks.integer("num_bootstrap", c.num_bootstrap, low=0)
-  _checks.integer("num_figure_examples", c.num_figure_examples, low=0)
-  _checks.integer("seed", c.seed, low=0)
-  if c.dataset is not None:
-    _presets.check_checkpoints(c)  # reads the checkpoints' configs, not their weights

@@ -43,7 +43,7 @@ def _decision(config: ExplainConfig, inputs, num_logits: int) -> _Decision:
       classifier does not have, or classes that no image is predicted as.
   """
   logits = apply_batched(inputs.classifier, inputs.data.images)
-  check_logits(logits, config.threshold)
+  check_logits(logits, config.attack.threshold)
   task = DecisionTask(num_logits, config.classes, name=inputs.decision)
   selected = np.flatnonzero(task.selected(logits))
   if selected.size == 0:
@@ -177,12 +177,12 @@ def _select_examples(config, attack, inputs, models: _Models, decision: _Decisio
   real_at_threshold = None
   if len(z):
     own = task.own_class_prob(logits)
-    real_at_threshold = float(np.mean(own >= config.threshold))
+    real_at_threshold = float(np.mean(own >= config.attack.threshold))
     if real_at_threshold < MIN_REAL_AT_THRESHOLD and not attack.edits_images:
       report.warn(
           f"the classifier gives only {real_at_threshold:.1%} of the real images it explains "
-          f"their own class with probability >= {config.threshold}: its logits are flat, and "
-          "counterfactuals through a generator, whose images it rates like real ones, "
+          f"their own class with probability >= {config.attack.threshold}: its logits are "
+          "flat, and counterfactuals through a generator, whose images it rates like real ones, "
           "will rarely reach the threshold ("
           + (f"--threshold {np.floor(np.median(own) * 100) / 100:.2f}, the median image's, "
              if np.median(own) > 0.5 else "")
@@ -248,7 +248,7 @@ def _run_attack(config, attack, inputs, task: DecisionTask, models: _Models, ex:
   with progress_bar(bars, total=len(ex.z), desc="counterfactuals", unit="example") as bar:
     rows, resumed = _runfolder.attack_in_chunks(
         config.out, run_chunk, attack.starts(ex.z, ex.images), ex.target, chunk_size=chunk_size,
-        attack_digest=_hashing.digest_json({"attack": attack.name, **attack.options()}),
+        attack_digest=attack.digest(),
         models_digest=_hashing.digest_json(digests), progress=bar, log=log)
   if not attack.edits_images:
     z_cf = rows["z_cf"]

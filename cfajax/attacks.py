@@ -10,6 +10,11 @@ digest a resumed chunk must match) and runs over the rows of one chunk
 * `PixelAttack`: the same attack on the pixels, the adversarial baseline.
 * `DataFreeAttack`: DISC-style deep inversion from the classifier alone.
 
+A value has two written forms: `to_dict()` (run.json's: its name and
+fields, read back by `from_dict`) and `flat()` (the command line's flags, one
+namespace for every attack, read back by `from_flat`; also the form of
+run.json before the values).
+
 For the two image attacks the generator only measures attributions: phi =
 g(E(x')) - g(E(x)), with x and x' encoded. A new attack is a new value with
 the same methods; the pipeline has no branch per attack.
@@ -18,8 +23,11 @@ the same methods; the pipeline has no branch per attack.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 from typing import ClassVar
 from typing import NamedTuple
@@ -27,13 +35,14 @@ from typing import NamedTuple
 import numpy as np
 
 from cfajax import _checks
-from cfajax import _data_free
-from cfajax import _loop
-from cfajax import metrics
-from cfajax._attack import counterfactual_attack
+from cfajax._choices import OBJECTIVES
+from cfajax._choices import OPTIMIZERS
+from cfajax._choices import PRECISIONS
+from cfajax._choices import PRIORS
 
-OPTIMIZERS = ("trust-region", "ascent", "adam")
-
+# The values are read by the command line, which starts without JAX: each
+# `runner` imports the method it runs (`counterfactual_attack`,
+# `metrics.pixel_attack`, `data_free_attack`) when it is built, not here.
 
 class AttackModels(NamedTuple):
   """The models an attack runs with."""
@@ -62,14 +71,28 @@ def _image_rows(counterfactuals: np.ndarray, result) -> ImageRows:
 
 
 class _Rows:
-  """What every attack moves: the latents, or the flattened images for one that
-  edits images."""
+  """What every attack shares: the rows it moves (the latents, or the flattened
+  images for one that edits images) and its written forms."""
 
+  name: ClassVar[str]
   edits_images: ClassVar[bool]
 
   def starts(self, z: np.ndarray, images: np.ndarray) -> np.ndarray:
     """The rows the attack moves, (n, d) or (n, H*W*C)."""
     return images.reshape(len(images), -1).astype(np.float32) if self.edits_images else z
+
+  def options(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def to_dict(self) -> dict[str, Any]:
+    """`{"name": ..., field: value, ...}`, JSON-serialisable (run.json's form)."""
+    return {"name": self.name, **dataclasses.asdict(self)}  # pyright: ignore[reportArgumentType]
+
+  def digest(self) -> str:
+    """SHA-256 of the name and the options that change results: what a resumed
+    chunk's attack must match."""
+    text = json.dumps({"attack": self.name, **self.options()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +127,8 @@ class _StepAttack(_Rows):
     _checks.choice("optimizer", self.optimizer, OPTIMIZERS)
     _checks.number("step_size", self.step_size, low=0.0, low_open=True)
     _checks.integer("max_steps", self.max_steps, low=0)
-    _checks.choice("objective", self.objective, _loop.OBJECTIVES)
-    _checks.choice("precision", self.precision, ("float32", "bfloat16"))
+    _checks.choice("objective", self.objective, OBJECTIVES)
+    _checks.choice("precision", self.precision, PRECISIONS)
 
   def model_sources(self) -> dict[str, str]:
     """Models the attack reads besides the generator and the classifier: none."""
@@ -115,21 +138,6 @@ class _StepAttack(_Rows):
     """The options that change results, as `counterfactual_attack` takes them."""
     return dict(threshold=self.threshold, max_steps=self.max_steps, objective=self.objective,
                 precision=self.precision, optimizer=self.optimizer, step_size=self.step_size)
-
-  def config_fields(self) -> dict[str, Any]:
-    """The `ExplainConfig` fields (run.json's and the command line's form) of this value."""
-    step = ({"learning_rate": self.step_size} if self.optimizer == "adam"
-            else {"step_size": self.step_size})
-    return dict(attack=self.name, threshold=self.threshold, optimizer=self.optimizer,
-                max_steps=self.max_steps, objective=self.objective, precision=self.precision,
-                **step)
-
-  @classmethod
-  def from_config(cls, config) -> _StepAttack:
-    return cls(threshold=config.threshold, optimizer=config.optimizer,
-               step_size=config.learning_rate if config.optimizer == "adam" else config.step_size,
-               max_steps=config.max_steps, objective=config.objective,
-               precision=config.precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +149,7 @@ class LatentAttack(_StepAttack):
 
   def runner(self, models: AttackModels, pool_size: int) -> Callable:
     """`(rows, target, bar) -> result` over one chunk's latents."""
+    from cfajax._attack import counterfactual_attack
     options = self.options()
     return lambda rows, target, bar: counterfactual_attack(
         models.decode, models.classify, rows, target, batch_size=pool_size, progress=bar,
@@ -156,6 +165,7 @@ class PixelAttack(_StepAttack):
 
   def runner(self, models: AttackModels, pool_size: int) -> Callable:
     """`(rows, target, bar) -> ImageRows` over one chunk's flattened images."""
+    from cfajax import metrics
     options, shape = self.options(), models.image_shape
 
     def run(rows, target, bar):
@@ -200,9 +210,9 @@ class DataFreeAttack(_Rows):
     _checks.number("threshold", self.threshold, low=0.0, high=1.0, low_open=True,
                    high_open=True)
     _checks.integer("max_steps", self.max_steps, low=0)
-    _checks.choice("objective", self.objective, _loop.OBJECTIVES)
-    _checks.choice("precision", self.precision, ("float32", "bfloat16"))
-    _checks.choice("data_free_prior", self.prior, _data_free.PRIORS)
+    _checks.choice("objective", self.objective, OBJECTIVES)
+    _checks.choice("precision", self.precision, PRECISIONS)
+    _checks.choice("data_free_prior", self.prior, PRIORS)
     for name in ("tv_weight", "l2_weight", "proximity_weight", "manifold_weight"):
       _checks.number(name, getattr(self, name), low=0.0)
     if self.manifold is not None and not isinstance(self.manifold, (str, os.PathLike)):
@@ -222,35 +232,13 @@ class DataFreeAttack(_Rows):
                 proximity_weight=self.proximity_weight, manifold_weight=self.manifold_weight,
                 seed=self.seed)
 
-  def config_fields(self) -> dict[str, Any]:
-    """The `ExplainConfig` fields (run.json's and the command line's form) of this value
-    that play a part in its results (without a manifold, not its weight)."""
-    fields = dict(attack=self.name, threshold=self.threshold, max_steps=self.max_steps,
-                  objective=self.objective, precision=self.precision,
-                  data_free_prior=self.prior, data_free_progressive=self.progressive,
-                  tv_weight=self.tv_weight, l2_weight=self.l2_weight,
-                  proximity_weight=self.proximity_weight, manifold=self.manifold,
-                  seed=self.seed)
-    if self.manifold is not None:
-      fields["manifold_weight"] = self.manifold_weight
-    return fields
-
-  @classmethod
-  def from_config(cls, config) -> DataFreeAttack:
-    return cls(threshold=config.threshold, max_steps=config.max_steps,
-               objective=config.objective, precision=config.precision,
-               prior=config.data_free_prior, progressive=config.data_free_progressive,
-               tv_weight=config.tv_weight, l2_weight=config.l2_weight,
-               proximity_weight=config.proximity_weight,
-               manifold_weight=config.manifold_weight, manifold=config.manifold,
-               seed=config.seed)
-
   def runner(self, models: AttackModels, pool_size: int) -> Callable:
     """`(rows, target, bar) -> ImageRows` over one chunk's flattened images."""
+    from cfajax._data_free import data_free_attack
     options, shape = self.options(), models.image_shape
 
     def run(rows, target, bar):
-      result = _data_free.data_free_attack(
+      result = data_free_attack(
           models.classify, rows.reshape(len(rows), *shape), target,
           manifold=models.extra.get("manifold"), batch_size=pool_size, progress=bar, **options)
       return _image_rows(np.asarray(result.images), result)
@@ -259,15 +247,82 @@ class DataFreeAttack(_Rows):
 
 
 Attack = LatentAttack | PixelAttack | DataFreeAttack
-ATTACKS: dict[str, type] = {a.name: a for a in (LatentAttack, DataFreeAttack, PixelAttack)}
-# Every `ExplainConfig` field that some attack reads.
-CONFIG_FIELDS = frozenset({"attack", "threshold", "optimizer", "step_size", "learning_rate",
-                           "max_steps", "objective", "precision", "data_free_prior",
-                           "data_free_progressive", "tv_weight", "l2_weight",
-                           "proximity_weight", "manifold_weight", "manifold", "seed"})
+ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (LatentAttack, DataFreeAttack, PixelAttack)}
+
+# The flat form's names of fields whose value name says less on its own.
+_FLAT_NAMES = {"prior": "data_free_prior", "progressive": "data_free_progressive"}
+# Adam's learning rate in the flat form, where it is an option of its own.
+ADAM_LEARNING_RATE = 0.05
 
 
-def from_config(config) -> Attack:
-  """The attack value an `ExplainConfig`'s `attack` field and options name."""
-  _checks.choice("attack", config.attack, tuple(ATTACKS))
-  return ATTACKS[config.attack].from_config(config)
+def check_value(attack) -> Attack:
+  """`attack` after checking it is an attack value with valid options."""
+  if not isinstance(attack, tuple(ATTACKS.values())):
+    names = ", ".join(a.__name__ for a in ATTACKS.values())
+    raise ValueError(f"attack must be a cfajax.attacks value ({names}); got "
+                     f"{type(attack).__name__} {attack!r}")
+  attack.check()
+  return attack
+
+
+def from_dict(values: Mapping[str, Any]) -> Attack:
+  """The value `to_dict` wrote."""
+  values = dict(values)
+  name = values.pop("name", None)
+  _checks.choice("attack name", name, tuple(ATTACKS))
+  cls = ATTACKS[name]
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"unknown options {unknown} of the {name} attack; its options are "
+                     f"{sorted(known)}")
+  return cls(**values)
+
+
+def flat_defaults() -> dict[str, Any]:
+  """The flat form's options (the command line's attack flags) and their defaults.
+
+  One namespace for every attack: the fields of all values, `attack` (the
+  value's name), `learning_rate` (Adam's, apart from the others' step size)
+  and the data-free options' longer names. `seed` is the run's.
+  """
+  flat: dict[str, Any] = {"attack": LatentAttack.name}
+  for cls in ATTACKS.values():
+    for field in dataclasses.fields(cls):
+      if field.name != "seed":
+        flat.setdefault(_FLAT_NAMES.get(field.name, field.name), field.default)
+  flat["learning_rate"] = ADAM_LEARNING_RATE
+  return flat
+
+
+def from_flat(values: Mapping[str, Any]) -> Attack:
+  """The value that flat options name (the command line's, or an old run.json's).
+
+  `attack` names the value (default "latent"); each of its fields is read
+  under its flat name, defaults where absent; with optimizer "adam" the step
+  size is `learning_rate`; the data-free attack's seed is `seed`.
+  """
+  name = values.get("attack", LatentAttack.name)
+  _checks.choice("attack", name, tuple(ATTACKS))
+  cls = ATTACKS[name]
+  if values.get("manifold") is not None and cls is not DataFreeAttack:
+    raise ValueError(f"manifold is a model of the data-free attack; attack is {name!r} "
+                     "(pass attack='data-free', or leave manifold out)")
+  fields = {}
+  for field in dataclasses.fields(cls):
+    flat = _FLAT_NAMES.get(field.name, field.name)
+    if flat in values:
+      fields[field.name] = values[flat]
+  if cls is not DataFreeAttack and fields.get("optimizer") == "adam":
+    fields["step_size"] = values.get("learning_rate", ADAM_LEARNING_RATE)
+  return cls(**fields)
+
+
+def flat(attack: Attack) -> dict[str, Any]:
+  """`attack` in the flat form (`from_flat(flat(a)) == a`)."""
+  values = {"attack": attack.name}
+  for field in dataclasses.fields(attack):
+    values[_FLAT_NAMES.get(field.name, field.name)] = getattr(attack, field.name)
+  if isinstance(attack, _StepAttack) and attack.optimizer == "adam":
+    values["learning_rate"] = values.pop("step_size")
+  return values

@@ -211,7 +211,8 @@ def main(argv=None):
       given = {"latents": inverted, "attributes": gan_table} if g == "gan" else {
           "attributes": table}
       summary = cfajax.explain(images=x_all, classifier=classifier, generator=generator,
-                               out=str(folder), **given, **options, **LATENT, log=print)
+                               out=str(folder), **given, **options,
+                               attack=cfajax.attacks.LatentAttack(**LATENT), log=print)
       runs[g] = (summary, dict(np.load(folder / "examples.npz")))
       clock.lap(f"{name}: explain with the {g}")
     common = np.intersect1d(runs["vae"][1]["index"], runs["gan"][1]["index"])

@@ -194,8 +194,9 @@ def main(argv=None):
   # 4. A global explanation of 4 vs 9 over the test split.
   summary = cfajax.explain(dataset="mnist", data_dir=args.data_dir, out=args.explain_out,
                            generator=str(runs / "vae"), classifier=str(runs / "classifier"),
-                           classes=(4, 9), explain_split="test", **{
-                               k: LATENT[k] for k in ("step_size", "max_steps", "objective")})
+                           classes=(4, 9), explain_split="test",
+                           attack=cfajax.attacks.LatentAttack(**{
+                               k: LATENT[k] for k in ("step_size", "max_steps", "objective")}))
   for name in ("counterfactuals.png", "global_attributions.png"):
     shutil.copy(Path(args.explain_out) / name, FIGURES / f"mnist_4v9_{name}")
   record["global_4_vs_9"] = {k: summary[k] for k in (

@@ -27,8 +27,9 @@ def small_run(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("explain") / "first")
   config = ExplainConfig(
       out=out, latent_dim=4, vae_widths=(8, 16), classifier_widths=(8, 16), vae_epochs=30,
-      classifier_epochs=15, train_batch_size=32, max_steps=200, step_size=0.5,
-      chunk_size=64, pool_size=32, num_bootstrap=100, num_permutations=40, explain_split="test")
+      classifier_epochs=15, train_batch_size=32,
+      attack=cfajax.attacks.LatentAttack(max_steps=200, step_size=0.5), chunk_size=64,
+      pool_size=32, num_bootstrap=100, num_permutations=40, explain_split="test")
   summary = cfajax.explain(config, progress=False, log=None)
   return config, summary
 
@@ -36,8 +37,8 @@ def small_run(tmp_path_factory):
 def config_like(small_run, out, **changes):
   config, _ = small_run
   models = os.path.join(config.out, "models")
-  return ExplainConfig(**{**config.to_dict(), "out": str(out), "generator": f"{models}/vae",
-                          "classifier": f"{models}/classifier", **changes})
+  return dataclasses.replace(config, **{"out": str(out), "generator": f"{models}/vae",
+                                        "classifier": f"{models}/classifier", **changes})
 
 
 def test_outputs(small_run):
@@ -66,9 +67,10 @@ def test_outputs(small_run):
   # The summary lists the options that played a part: no CelebA, inversion or
   # Adam options for digits explained with a VAE by plain ascent.
   shown = summary["config"]
-  assert list(shown["classes"]) == [4, 9] and shown["step_size"] == 0.5
-  for unused in ("target_attribute", "inversion_steps", "learning_rate", "images"):
+  assert list(shown["classes"]) == [4, 9] and shown["attack"]["step_size"] == 0.5
+  for unused in ("target_attribute", "inversion_steps", "images"):
     assert unused not in shown
+  assert shown["attack"] == config.attack.to_dict()
   magnitudes = [abs(psi["attributes"][name]["psi"]) for name in psi["ranking"]]
   assert magnitudes == sorted(magnitudes, reverse=True)
   for name in ("counterfactuals.png", "global_attributions.png"):
@@ -80,11 +82,13 @@ def test_outputs(small_run):
 def test_a_change_of_result_options_is_refused_naming_them(small_run, tmp_path):
   config = config_like(small_run, tmp_path / "run", chunk_size=16)
   cfajax.explain(config, progress=False, log=None)
-  with pytest.raises(ValueError, match=r"other options that change its results \(threshold: "
-                     r"0.9 -> 0.7; max_steps: 200 -> 61\)"):
-    cfajax.explain(config, progress=False, log=None, max_steps=61, threshold=0.7)
-  restarted = cfajax.explain(config, progress=False, log=None, max_steps=61, restart=True)
-  assert restarted["num_resumed"] == 0 and restarted["config"]["max_steps"] == 61
+  changed = dataclasses.replace(config.attack, max_steps=61, threshold=0.7)
+  with pytest.raises(ValueError, match=r"other options that change its results \(attack."
+                     r"threshold: 0.9 -> 0.7; attack.max_steps: 200 -> 61\)"):
+    cfajax.explain(config, progress=False, log=None, attack=changed)
+  restarted = cfajax.explain(config, progress=False, log=None, restart=True,
+                             attack=dataclasses.replace(config.attack, max_steps=61))
+  assert restarted["num_resumed"] == 0 and restarted["config"]["attack"]["max_steps"] == 61
   # The models came from elsewhere (vae=, classifier=): a restart keeps them.
   assert os.path.exists(config.generator)
 
@@ -230,6 +234,9 @@ def test_select_output_is_one_sigmoid_head_that_the_attack_accepts():
 # -- resuming is right by construction -------------------------------------------
 
 
+CHUNK_ATTACK = cfajax.attacks.LatentAttack(max_steps=30, threshold=0.8, step_size=0.5)
+
+
 def chunk_task(n=40, seed=0):
   from attack_test import latents
   from attack_test import mlp_models
@@ -242,7 +249,7 @@ def chunked(config, decode, classify, messages):
   """The explanation's chunked attack on given latents, as explain runs it."""
   from cfajax import _runfolder
   from cfajax import attacks
-  attack = attacks.from_config(config)
+  attack = config.attack
   run_chunk = attack.runner(attacks.AttackModels(decode, classify, None, {}), config.pool_size)
   return lambda z, target, models="m": _runfolder.attack_in_chunks(
       config.out, run_chunk, z, target, chunk_size=config.chunk_size,
@@ -253,10 +260,8 @@ def chunked(config, decode, classify, messages):
 def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
   # Latents shifted by 3 under the same options used to resume 8 of 8 chunks
   # and return the old counterfactuals.
-  from cfajax import attacks
   decode, classify, z, target = chunk_task()
-  config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
-                         threshold=0.8, step_size=0.5)
+  config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, attack=CHUNK_ATTACK)
   messages = []
   run = chunked(config, decode, classify, messages)
   first, resumed = run(z, target)
@@ -268,7 +273,7 @@ def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
   shifted, resumed = run(z + 3, target)
   assert resumed == 0 and "8 from other latents or targets" in messages[-1]
   fresh = cfajax.counterfactual_attack(decode, classify, z + 3, target, batch_size=4,
-                                       **attacks.from_config(config).options())
+                                       **config.attack.options())
   np.testing.assert_array_equal(shifted["z_cf"], fresh.z)
   _, resumed = run(z + 3, (target + 1) % 3)
   assert resumed == 0
@@ -278,8 +283,7 @@ def test_a_chunk_is_reused_only_for_the_inputs_it_was_computed_from(tmp_path):
 
 def test_copied_truncated_and_damaged_chunks_are_recomputed(tmp_path):
   decode, classify, z, target = chunk_task(n=23)
-  config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, max_steps=30,
-                         threshold=0.8, step_size=0.5)
+  config = ExplainConfig(out=str(tmp_path), chunk_size=5, pool_size=4, attack=CHUNK_ATTACK)
   messages = []
   run = chunked(config, decode, classify, messages)
   whole, _ = run(z, target)
@@ -375,7 +379,7 @@ def test_a_second_writer_is_refused_until_the_first_is_gone(small_run, tmp_path)
     ("target_attribute", "Youngish", "target_attribute must be one of CelebA's attributes"),
     ("dataset", "cifar", "dataset must be one of 'digits', 'mnist', 'celeba'"),
     ("attack", "dip", "attack must be one of 'latent', 'data-free', 'pixel'"),
-    ("manifold", "runs/duq", "manifold is a model of the data-free attack; attack is 'latent'"),
+    ("attack", ("pixel",), "attack must be a cfajax.attacks value"),
     ("tv_weight", -0.1, "tv_weight must be a finite number >= 0"),
 ])
 def test_invalid_options_are_refused_before_any_work(tmp_path, option, value, match):
@@ -383,6 +387,11 @@ def test_invalid_options_are_refused_before_any_work(tmp_path, option, value, ma
   options = {option: value}
   if option == "target_attribute":
     options["dataset"] = "celeba"
+  # An attack's option is checked by its value.
+  for attack in (cfajax.attacks.LatentAttack, cfajax.attacks.DataFreeAttack):
+    if option in {f.name for f in dataclasses.fields(attack)}:
+      options = {"attack": attack(**options)}
+      break
   with pytest.raises(ValueError, match=match):
     cfajax.explain(out=str(out), progress=False, log=None, **options)
   assert not out.exists()  # nothing loaded, trained or written
@@ -414,8 +423,8 @@ def test_the_cli_reports_a_bad_option_in_one_line(tmp_path, capsys):
 
 
 def test_non_finite_counterfactuals_flip_no_decision(small_run, tmp_path, monkeypatch):
-  from cfajax import attacks
-  attack = attacks.counterfactual_attack
+  from cfajax import _attack
+  attack = _attack.counterfactual_attack
 
   def poisoned(*args, **kwargs):  # the first two latents of every chunk go non-finite
     result = attack(*args, **kwargs)
@@ -425,7 +434,7 @@ def test_non_finite_counterfactuals_flip_no_decision(small_run, tmp_path, monkey
     status[:2] = cfajax.Status.NON_FINITE
     return dataclasses.replace(result, z=z, status=status)
 
-  monkeypatch.setattr(attacks, "counterfactual_attack", poisoned)
+  monkeypatch.setattr(_attack, "counterfactual_attack", poisoned)  # what LatentAttack runs
   config = config_like(small_run, tmp_path / "run", chunk_size=16, num_figure_examples=8)
   summary = cfajax.explain(config, progress=False, log=None)
   examples = np.load(tmp_path / "run" / "examples.npz")
@@ -557,12 +566,12 @@ def test_image_attacks_explain_through_the_encoder_and_resume(small_run, tmp_pat
   # by encoding x and x' with the generator, so z' is E(x'), never decode's input.
   config, _ = small_run
   vae = cfajax.load_model(os.path.join(config.out, "models", "vae"))
-  for attack, options in (("data-free", dict(data_free_prior="pixels", max_steps=60)),
-                          ("pixel", dict(step_size=0.05, max_steps=60))):
-    out = tmp_path / attack
-    summary = cfajax.explain(config_like(small_run, out, attack=attack, limit=24, **options),
+  data_free = cfajax.attacks.DataFreeAttack(prior="pixels", max_steps=60)
+  for attack in (data_free, cfajax.attacks.PixelAttack(step_size=0.05, max_steps=60)):
+    out = tmp_path / attack.name
+    summary = cfajax.explain(config_like(small_run, out, attack=attack, limit=24),
                              progress=False, log=None)
-    assert summary["attack"] == attack and "for measurement only" in summary[
+    assert summary["attack"] == attack.name and "for measurement only" in summary[
         "attribution_measurement"]
     examples = np.load(out / "examples.npz")
     images = examples["counterfactual_images"]
@@ -573,16 +582,17 @@ def test_image_attacks_explain_through_the_encoder_and_resume(small_run, tmp_pat
     assert success.mean() > 0.5, success.mean()
     flipped = (examples["counterfactual_prob"] >= 0.5) == (examples["target"] == 9)
     assert np.all(flipped[success])
-    again = cfajax.explain(config_like(small_run, out, attack=attack, limit=24, **options),
+    again = cfajax.explain(config_like(small_run, out, attack=attack, limit=24),
                            progress=False, log=None)
     assert again["num_resumed"] == 24
+  no_duq = dataclasses.replace(data_free, manifold=str(tmp_path / "no-duq"))
   with pytest.raises(FileNotFoundError, match="train one with `cfajax train duq`"):
-    cfajax.explain(config_like(small_run, tmp_path / "never", attack="data-free",
-                               manifold=str(tmp_path / "no-duq")), progress=False, log=None)
+    cfajax.explain(config_like(small_run, tmp_path / "never", attack=no_duq), progress=False,
+                   log=None)
   assert not (tmp_path / "never").exists()
-  with pytest.raises(ValueError, match=r"tv_weight: 0.05 -> 0.5"):
-    cfajax.explain(config_like(small_run, tmp_path / "data-free", attack="data-free", limit=24,
-                               data_free_prior="pixels", max_steps=60, tv_weight=0.5),
+  with pytest.raises(ValueError, match=r"attack.tv_weight: 0.05 -> 0.5"):
+    cfajax.explain(config_like(small_run, tmp_path / "data-free", limit=24,
+                               attack=dataclasses.replace(data_free, tv_weight=0.5)),
                    progress=False, log=None)
 
 
@@ -592,11 +602,16 @@ def test_image_attacks_explain_through_the_encoder_and_resume(small_run, tmp_pat
     (cfajax.attacks.PixelAttack(optimizer="adam", step_size=0.02, max_steps=40),
      dict(attack="pixel", optimizer="adam", learning_rate=0.02, max_steps=40)),
 ])
-def test_an_attack_value_gives_the_run_of_its_options(small_run, tmp_path, value, fields):
+def test_the_deprecated_flat_options_give_the_run_of_their_value(small_run, tmp_path, value,
+                                                                 fields):
+  # The attack's options as keywords of their own, the form before attack values: still
+  # accepted, with a warning, and the same run as the value's.
   by_value = cfajax.explain(config_like(small_run, tmp_path / "value"), attack=value,
                             progress=False, log=None)
-  by_fields = cfajax.explain(config_like(small_run, tmp_path / "fields", **fields),
-                             progress=False, log=None)
+  with pytest.warns(DeprecationWarning, match="pass attack=cfajax.attacks."
+                    + type(value).__name__):
+    by_fields = cfajax.explain(config_like(small_run, tmp_path / "fields"), progress=False,
+                               log=None, **fields)
   assert by_value["attack"] == by_fields["attack"] == value.name
   drop_out = lambda c: {k: v for k, v in c.items() if k != "out"}
   assert drop_out(by_value["config"]) == drop_out(by_fields["config"])
@@ -605,7 +620,27 @@ def test_an_attack_value_gives_the_run_of_its_options(small_run, tmp_path, value
   np.testing.assert_array_equal(a["status"], b["status"])
   with open(tmp_path / "value" / "run.json") as f:
     recorded = json.load(f)["config"]
-  assert {k: recorded[k] for k in fields} == fields
+  assert recorded["attack"] == value.to_dict()
+
+
+def test_a_run_folder_from_before_attack_values_resumes(small_run, tmp_path):
+  # run.json held the attack's options as fields of their own; a folder written so resumes
+  # every chunk (same attack digest), and a changed option there is still refused.
+  attack = cfajax.attacks.LatentAttack(optimizer="adam", step_size=0.02, max_steps=40)
+  config = config_like(small_run, tmp_path / "old", attack=attack, limit=30)
+  first = cfajax.explain(config, progress=False, log=None)
+  run_json = tmp_path / "old" / "run.json"
+  record = json.loads(run_json.read_text())
+  record["config"].pop("attack")
+  record["config"].update(cfajax.attacks.flat(attack))
+  assert record["config"]["learning_rate"] == 0.02 and "step_size" not in record["config"]
+  run_json.write_text(json.dumps(record))
+  again = cfajax.explain(config, progress=False, log=None)
+  assert again["num_resumed"] == first["num_examples"] == 30
+  run_json.write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=r"attack.max_steps: 40 -> 41"):
+    cfajax.explain(config, attack=dataclasses.replace(attack, max_steps=41), progress=False,
+                   log=None)
 
 
 def test_an_attack_that_is_not_an_attack_value_is_refused_before_any_work(small_run, tmp_path):

@@ -70,7 +70,8 @@ def test_checkpoint_round_trip(tmp_path):
 def test_explain_with_a_gan_inverts_the_images(trained, tmp_path):
   # The digits preset with the GAN as its generator: latents by inversion.
   summary = cfajax.explain(generator=str(trained), explain_split="test",
-                           out=str(tmp_path / "run"), classifier_epochs=5, max_steps=50,
+                           out=str(tmp_path / "run"), classifier_epochs=5,
+                           attack=cfajax.attacks.LatentAttack(max_steps=50),
                            inversion_starts=2, inversion_steps=30, num_bootstrap=50,
                            num_permutations=40, progress=False, log=None)
   inversion = summary["inversion"]

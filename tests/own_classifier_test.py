@@ -72,7 +72,8 @@ def user_files(tmp_path_factory):
   return root, classifier, generator
 
 
-OPTIONS = dict(classes=(4, 9), threshold=0.6, step_size=0.5, max_steps=200, pool_size=64,
+OPTIONS = dict(classes=(4, 9), pool_size=64,
+               attack=cfajax.attacks.LatentAttack(threshold=0.6, step_size=0.5, max_steps=200),
                chunk_size=10_000, num_bootstrap=200, num_permutations=40, progress=False,
                log=None)
 

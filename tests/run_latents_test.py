@@ -86,7 +86,8 @@ def test_explain_inverts_the_union_of_explained_and_tabled_images_once(counted, 
   distinct = len({_inputs.image_digest(x) for x in table_images})
   summary = cfajax.explain(images=images, attributes=table, classifier=classify,
                            generator=decode_only, latent_dim=8, classes=(4, 9),
-                           inversion_starts=2, inversion_steps=60, max_steps=50, pool_size=64,
+                           inversion_starts=2, inversion_steps=60, pool_size=64,
+                           attack=cfajax.attacks.LatentAttack(max_steps=50),
                            num_bootstrap=50, out=str(tmp_path / "run"), progress=False, log=None)
   assert summary["latents"] == "inverted"
   assert sum(len(c) for c in counted) == distinct < len(images) + len(table_images)

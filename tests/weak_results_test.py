@@ -24,8 +24,8 @@ def user_models():
   return digits, classify, generator, table
 
 
-OPTIONS = dict(max_steps=100, pool_size=64, num_bootstrap=50, num_permutations=20,
-               progress=False)
+OPTIONS = dict(attack=cfajax.attacks.LatentAttack(max_steps=100), pool_size=64,
+               num_bootstrap=50, num_permutations=20, progress=False)
 
 
 def explain(user_models, out, images=None, classifier=None, generator=None, log=None,
@@ -112,7 +112,8 @@ def test_attacks_that_start_at_the_target_are_counted_and_can_be_left_out(user_m
   train = digits.images[300:], digits.labels[300:]
   lean = jnp.asarray(train[0][train[1] == 9].mean(0) - train[0][train[1] == 4].mean(0))
   blurry = cfajax.Generator(encode, lambda z: jnp.clip(decode(z) + lean, 0, 1))
-  options = dict(images=images, classifier=nine, generator=blurry, threshold=0.55)
+  options = dict(images=images, classifier=nine, generator=blurry,
+                 attack=cfajax.attacks.LatentAttack(max_steps=100, threshold=0.55))
   kept = explain(user_models, tmp_path / "kept", **options)
   started = kept["num_started_at_target"]
   examples = np.load(tmp_path / "kept" / "examples.npz")
