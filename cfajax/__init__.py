@@ -49,6 +49,12 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   VAEConfig, ClassifierConfig       frozen; .to_dict() / .from_dict(d)
   ConvGAN(config, rngs=)            .decode .discriminate  (no encoder: latents by invert)
   GANConfig
+  UNet(config, rngs=), UNetConfig   the DDPM-family noise predictor (diffusers' UNet2DModel)
+  DiffusionGenerator(unet, schedule, steps=20, depth=0.5, remat=True)
+                                    latents: noisy images at an edit depth (DDIM both ways)
+  NoiseSchedule(...)                DDPM's betas with DDIM's options, as diffusers names them
+  load_diffusers(folder, steps=, depth=) -> DiffusionGenerator   a diffusers UNet2DModel
+                                    checkpoint (safetensors), read without PyTorch
   build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN | DUQ | Translator
   conv_general_dilated              lax's, with gradients XLA's CPU runs fast inside loops;
                                     pass it to nnx.Conv(..., conv_general_dilated=)
@@ -154,6 +160,11 @@ _EXPORTS = {
     "Translator": "cfajax._models",
     "TranslatorConfig": "cfajax._models",
     "Generator": "cfajax._models",
+    "UNet": "cfajax._models",
+    "UNetConfig": "cfajax._models",
+    "DiffusionGenerator": "cfajax._diffusion",
+    "NoiseSchedule": "cfajax._diffusion",
+    "load_diffusers": "cfajax._diffusers",
     "VAEConfig": "cfajax._models",
     "build_model": "cfajax._models",
     "select_output": "cfajax._models",
@@ -232,7 +243,13 @@ __all__ = [
     "DUQConfig",
     "GANConfig",
     "Generator",
+    "UNet",
+    "UNetConfig",
     "VAEConfig",
+    # diffusion models as generators
+    "DiffusionGenerator",
+    "NoiseSchedule",
+    "load_diffusers",
     "build_model",
     "conv_general_dilated",
     # training

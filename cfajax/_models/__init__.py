@@ -39,6 +39,8 @@ from cfajax._models.translator import TranslationNet
 from cfajax._models.translator import Translator
 from cfajax._models.translator import TranslatorConfig
 from cfajax._models.translator import translate_with
+from cfajax._models.unet import UNet
+from cfajax._models.unet import UNetConfig
 from cfajax._models.vae import ConvVAE
 from cfajax._models.vae import VAEConfig
 from cfajax._models.vae import gaussian_kl
@@ -46,7 +48,8 @@ from cfajax._models.vae import gaussian_kl
 __all__ = [
     "DUQ", "HEADS", "Centroid", "Classifier", "ClassifierConfig", "ConvDiscriminator", "ConvGAN",
     "ConvGenerator", "ConvVAE", "DUQConfig", "GANConfig", "Generator", "OneOutput",
-    "TranslationNet", "Translator", "TranslatorConfig", "VAEConfig", "_depth_to_space",
+    "TranslationNet", "Translator", "TranslatorConfig", "UNet", "UNetConfig", "VAEConfig",
+    "_depth_to_space",
     "bernoulli_bce", "build_model", "gaussian_kl", "max_pool_2x2", "model_kind", "select_output",
     "translate_with",
 ]
