@@ -51,11 +51,13 @@ Models (Flax NNX; any pair of JAX callables encode/decode is a generator)
   GANConfig
   UNet(config, rngs=), UNetConfig   the DDPM-family noise predictor (diffusers' UNet2DModel)
   DiffusionGenerator(unet, schedule, steps=20, depth=0.5, remat=True)
-                                    latents: noisy images at an edit depth (DDIM both ways)
+                                    latents: noisy images at an edit depth (DDIM both ways);
+                                    .with_edit(steps=, depth=) .config -> DiffusionConfig
   NoiseSchedule(...)                DDPM's betas with DDIM's options, as diffusers names them
   load_diffusers(folder, steps=, depth=) -> DiffusionGenerator   a diffusers UNet2DModel
                                     checkpoint (safetensors), read without PyTorch
   build_model(kind, config, seed=0) -> ConvVAE | Classifier | ConvGAN | DUQ | Translator
+                                    | DiffusionGenerator
   conv_general_dilated              lax's, with gradients XLA's CPU runs fast inside loops;
                                     pass it to nnx.Conv(..., conv_general_dilated=)
 
@@ -65,6 +67,9 @@ Training and evaluation
   train_gan(gan, train, test=None, **options) -> (gan, history)   non-saturating + R1
   evaluate_gan(gan, data) -> dict (discriminator on real/fake, inversion error)
   evaluate_vae(vae, data) -> dict;  evaluate_classifier(classifier, dataset) -> dict
+  train_diffusion(model, train, test=None, **options) -> (model, history)   epsilon
+                                    objective, EMA weights kept
+  evaluate_diffusion(model, data) -> dict (held-out epsilon loss, reconstruction MSE)
   reconstruct(generator, images) -> np.ndarray
 
 Checkpoints (orbax weights + JSON config)
@@ -162,8 +167,9 @@ _EXPORTS = {
     "Generator": "cfajax._models",
     "UNet": "cfajax._models",
     "UNetConfig": "cfajax._models",
-    "DiffusionGenerator": "cfajax._diffusion",
-    "NoiseSchedule": "cfajax._diffusion",
+    "DiffusionConfig": "cfajax._models",
+    "DiffusionGenerator": "cfajax._models",
+    "NoiseSchedule": "cfajax._models",
     "load_diffusers": "cfajax._diffusers",
     "VAEConfig": "cfajax._models",
     "build_model": "cfajax._models",
@@ -179,6 +185,8 @@ _EXPORTS = {
     "evaluate_gan": "cfajax._train",
     "evaluate_translator": "cfajax._train",
     "evaluate_vae": "cfajax._train",
+    "evaluate_diffusion": "cfajax._train",
+    "train_diffusion": "cfajax._train",
     "reconstruct": "cfajax._train",
     "train_classifier": "cfajax._train",
     "train_duq": "cfajax._train",
@@ -247,6 +255,7 @@ __all__ = [
     "UNetConfig",
     "VAEConfig",
     # diffusion models as generators
+    "DiffusionConfig",
     "DiffusionGenerator",
     "NoiseSchedule",
     "load_diffusers",
@@ -256,11 +265,13 @@ __all__ = [
     "evaluate_classifier",
     "evaluate_duq",
     "evaluate_gan",
+    "evaluate_diffusion",
     "evaluate_vae",
     "reconstruct",
     "train_classifier",
     "train_duq",
     "train_gan",
+    "train_diffusion",
     "train_vae",
     # checkpoints
     "load_model",

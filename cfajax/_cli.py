@@ -63,6 +63,11 @@ EXPLAIN_HELP = {
     "learning_rate": "Adam's learning rate (with --optimizer adam)",
     "precision": "float32, or bfloat16 for the models' arithmetic",
     "pool_size": "latents on the device at once",
+    "ddim_steps": "a diffusion generator's DDIM steps over the whole chain (0: its own)",
+    "edit_depth": "a diffusion generator's edit depth, the fraction of the chain edited, in "
+                  "(0, 1] (0: its own)",
+    "probe_examples": "fit and check the probes on at most this many rows of each attribute "
+                      "table (seeded; 0: all)",
     "attack": "how counterfactuals are made: latent (through the generator, the paper's), "
               "data-free (DISC-style deep inversion from the classifier alone) or pixel (the "
               "adversarial baseline); for the last two the generator only measures phi",
@@ -211,13 +216,16 @@ def main(argv: list[str] | None = None) -> int:
 def _add_train_parser(commands) -> None:
   """Adds `cfajax train vae|classifier` to the subcommands."""
   train = commands.add_parser(
-      "train", help="train a VAE, a GAN, a classifier (or the oracle), a DUQ or a translator "
-      "and save a checkpoint",
+      "train", help="train a VAE, a GAN, a diffusion model, a classifier (or the oracle), a DUQ "
+      "or a translator and save a checkpoint",
       description="Train a model on MNIST, CelebA or scikit-learn's digits and save it with "
       "orbax. Classifiers learn from the first half of the training split and oracles "
       "(--oracle) from the second half, so that the oracle never saw the classifier's data.")
-  train.add_argument("model", choices=("vae", "classifier", "gan", "duq", "translator"),
-                     help="duq: the data-free attack's manifold model (explain --manifold); "
+  train.add_argument("model", choices=("vae", "classifier", "gan", "diffusion", "duq",
+                                      "translator"),
+                     help="diffusion: a DDPM noise predictor, explained through by DDIM "
+                     "inversion to an edit depth; duq: the data-free attack's manifold model "
+                     "(explain --manifold); "
                      "translator: a counterfactual generator G(x, target) and its "
                      "classifier-discriminator")
   train.add_argument("--dataset", choices=sorted(RECIPES), required=True)
@@ -242,6 +250,13 @@ def _add_train_parser(commands) -> None:
                      "the recipe's)")
   train.add_argument("--depth", type=int, help="classifier convolutions per stage (default: "
                      "1, or 2 with --oracle)")
+  train.add_argument("--ema-decay", type=float,
+                     help="a diffusion model's weight average decay (default 0.999)")
+  train.add_argument("--ddim-steps", type=int, help="a diffusion model's DDIM steps over the "
+                     "whole chain, stored as its default edit (default: the recipe's)")
+  train.add_argument("--edit-depth", type=float, help="a diffusion model's edit depth, the "
+                     "fraction of the chain edited, stored as its default (default: the "
+                     "recipe's)")
   train.add_argument("--dense-width", type=int, help="classifier hidden dense width (default: "
                      "128, or 256 with --oracle)")
   train.add_argument("--attributes", help="CelebA classifier: comma-separated attribute names "
@@ -279,6 +294,9 @@ def _run_train(args) -> int:
 
   if args.oracle and args.model != "classifier":
     raise ValueError("--oracle applies to `cfajax train classifier`")
+  for flag in ("ema_decay", "ddim_steps", "edit_depth"):
+    if getattr(args, flag) is not None and args.model != "diffusion":
+      raise ValueError(f"--{flag.replace('_', '-')} applies to `cfajax train diffusion`")
   attributes = None if args.attributes is None else tuple(
       a.strip() for a in args.attributes.split(",") if a.strip())
   if attributes and args.dataset != "celeba":
@@ -295,8 +313,8 @@ def _run_train(args) -> int:
       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
       weight_decay=args.weight_decay, latent_dim=args.latent_dim, beta=args.beta,
       widths=_int_list(args.widths), depth=args.depth, dense_width=args.dense_width,
-      attributes=attributes, r1_gamma=args.r1, progress=not args.no_progress,
-      on_epoch=_print_epoch)
+      attributes=attributes, r1_gamma=args.r1, ema_decay=args.ema_decay, steps=args.ddim_steps,
+      edit_depth=args.edit_depth, progress=not args.no_progress, on_epoch=_print_epoch)
   seconds = time.perf_counter() - start
 
   record = {"history": history, "dataset": args.dataset, **info, "test": test.name,

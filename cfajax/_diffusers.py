@@ -22,8 +22,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from cfajax._diffusion import DiffusionGenerator
-from cfajax._diffusion import NoiseSchedule
+from cfajax._models.diffusion import DiffusionGenerator
+from cfajax._models.diffusion import NoiseSchedule
 from cfajax._models.unet import UNet
 from cfajax._models.unet import UNetConfig
 from cfajax._models.unet import torch_name

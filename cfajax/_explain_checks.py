@@ -73,6 +73,9 @@ def check_config(config: ExplainConfig) -> None:
   _int_tuple("classifier_widths", c.classifier_widths, low=1)
   for name in ("vae_epochs", "classifier_epochs", "train_batch_size"):
     _checks.integer(name, getattr(c, name), low=0)
+  _checks.integer("ddim_steps", c.ddim_steps, low=0)
+  _checks.number("edit_depth", c.edit_depth, low=0.0, high=1.0)
+  _checks.integer("probe_examples", c.probe_examples, low=0)
   attacks.check_value(c.attack)
   pool_size = _checks.integer("pool_size", c.pool_size, low=1)
   if pool_size < jax.local_device_count():
@@ -104,3 +107,6 @@ def check_config(config: ExplainConfig) -> None:
   _checks.integer("seed", c.seed, low=0)
   if c.dataset is not None:
     _presets.check_checkpoints(c)  # reads the checkpoints' configs, not their weights
+  elif isinstance(c.generator, (str, os.PathLike)) and not _sources.is_import_string(
+      c.generator) and os.path.isdir(c.generator):
+    _presets.check_edit(c, _presets.checkpoint_config(str(c.generator), "generator"))

@@ -21,7 +21,7 @@ from cfajax import attacks
 # count by their digests, data_dir by the latents it leads to.)
 RESUMABLE_OPTIONS = ("out", "data_dir", "generator", "classifier", "images", "attributes",
                      "attack.manifold",
-                     "pool_size", "chunk_size", "exclude_attributes",
+                     "pool_size", "chunk_size", "exclude_attributes", "probe_examples",
                      "max_attribute_correlation", "probe_c", "probe_class_weight",
                      "probe_standardize", "probe_validation_fraction", "num_bootstrap",
                      "num_permutations", "probe_bootstrap", "exclude_started_at_target",
@@ -79,6 +79,9 @@ class ExplainConfig:
       deep inversion from the classifier alone) or `PixelAttack(...)` (the
       adversarial baseline). For the last two the generator only measures
       attributions: phi = g(E(x')) - g(E(x)), x and x' encoded.
+    ddim_steps, edit_depth: for a diffusion generator, its edit instead of the
+      one it holds: DDIM steps over the whole chain, and the fraction of the
+      chain edited, in (0, 1] (0: the generator's own).
     pool_size: latents on the device at once.
     inversion_starts, inversion_steps, inversion_step_size,
       inversion_prior_weight: for a generator without `encode`, how latents
@@ -89,6 +92,9 @@ class ExplainConfig:
       left out of psi; 0: those beyond Q3 + 3 IQR of the run's errors.
     chunk_size: examples per resumable chunk (0: a tenth of the run, at least
       256 and at most 8192, so that finished work is saved early).
+    probe_examples: fit and check the probes on at most this many rows of
+      each attribute table, a seeded random subset (0: all); each row's image
+      is encoded, which through a diffusion generator costs its DDIM steps.
     probe_c, probe_class_weight, probe_standardize: probe regularisation.
     probe_validation_fraction: the part of the attribute table held out to
       check the probes, when no separate validation table is given.
@@ -126,6 +132,8 @@ class ExplainConfig:
   vae_epochs: int = 0
   classifier_epochs: int = 0
   train_batch_size: int = 0
+  ddim_steps: int = 0
+  edit_depth: float = 0.0
   pool_size: int = 4096
   attack: attacks.Attack = attacks.LatentAttack()
   inversion_starts: int = 4
@@ -134,6 +142,7 @@ class ExplainConfig:
   inversion_prior_weight: float = 0.0
   max_inversion_error: float = 0.0
   chunk_size: int = 0
+  probe_examples: int = 0
   probe_c: float = 1.0
   probe_class_weight: str | None = "balanced"
   probe_standardize: bool = True

@@ -203,10 +203,21 @@ class _Fitted(NamedTuple):
   source: dict[str, Any]  # the summary's "attribute_source"
 
 
+def _limited(table, limit: int, seed: int):
+  """At most `limit` rows of an attribute table, a seeded random subset in table order."""
+  if len(table) <= limit:
+    return table
+  rows = np.sort(np.random.default_rng(seed).permutation(len(table))[:limit])
+  return table.subset(rows, f"{table.name} [{limit} of {len(table)}]")
+
+
 def _fit_probes(config, inputs, run_latents) -> _Fitted:
   fit_table, check_table = inputs.attributes, inputs.validation
   if check_table is None:
     fit_table, check_table = fit_table.split(config.probe_validation_fraction, seed=config.seed)
+  if config.probe_examples:
+    fit_table, check_table = (_limited(t, config.probe_examples, config.seed)
+                              for t in (fit_table, check_table))
   z_fit, a_fit, dropped_fit = _inputs.table_latents(config, run_latents, fit_table)
   z_check, a_check, dropped_check = _inputs.table_latents(config, run_latents, check_table)
   names = fit_table.names

@@ -19,6 +19,7 @@ import numpy as np
 
 from cfajax import _array_checks
 from cfajax import _data
+from cfajax import _models
 from cfajax import _sources
 from cfajax._attribute_tables import AttributeTable
 from cfajax._attribute_tables import as_attribute_table
@@ -81,9 +82,25 @@ def custom_inputs(config, objects, validation, progress: bool) -> Inputs:
   if validation is not None:
     validation = as_attribute_table(validation, image_size=config.image_size or None)
     validation = validation.columns([validation.names.index(n) for n in table.names])
-  return Inputs(classifier=models["classifier"], generator=models["generator"],
+  generator = edited_generator(config, models["generator"], info["generator"])
+  return Inputs(classifier=models["classifier"], generator=generator,
                          data=data, attributes=table, validation=validation,
                          decision="the classifier", info=info)
+
+
+def edited_generator(config, generator, info: dict[str, Any]):
+  """The generator with the run's diffusion edit (`ddim_steps`, `edit_depth`) where set; a
+  diffusion generator's edit goes to `info`."""
+  if config.ddim_steps or config.edit_depth:
+    if not isinstance(generator, _models.DiffusionGenerator):
+      raise ValueError(f"ddim_steps and edit_depth set a diffusion generator's edit; the "
+                       f"generator is a {type(generator).__name__}")
+    generator = generator.with_edit(steps=config.ddim_steps or None,
+                                    depth=config.edit_depth or None)
+  if isinstance(generator, _models.DiffusionGenerator):
+    info["edit"] = {"ddim_steps": generator.steps, "depth": generator.depth,
+                    "edit_steps": generator.edit_steps, "remat": generator.remat}
+  return generator
 
 
 @dataclasses.dataclass(frozen=True)

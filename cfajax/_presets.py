@@ -24,6 +24,7 @@ from cfajax._attribute_tables import AttributeTable
 from cfajax._attribute_tables import descriptor_tables
 from cfajax._attribute_tables import select_probe_attributes
 from cfajax._inputs import Inputs
+from cfajax._inputs import edited_generator
 
 PRESETS = tuple(_recipes.RECIPES)
 CELEBA_IMAGE_SIZE = 64
@@ -100,8 +101,10 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
     else:
       models[kind], info[kind] = _restore_or_train(
           kind, os.path.join(config.out, "models", folder), config, train, test, progress, log)
-    if isinstance(models[kind], (_models.ConvVAE, _models.ConvGAN, _models.Classifier)):
+    if isinstance(models[kind], (_models.ConvVAE, _models.ConvGAN, _models.Classifier,
+                                 _models.DiffusionGenerator)):
       info[kind]["weights_sha256"] = _checkpoint.weights_digest(models[kind])
+  models["VAE"] = edited_generator(config, models["VAE"], info["VAE"])
   model = models["classifier"]
   decision = "the classifier"
   if config.dataset == "celeba":
@@ -127,12 +130,36 @@ def preset_inputs(config, *, classifier=None, generator=None, attributes=None,
                 validation=validation, decision=decision, info=info, split=split)
 
 
-def _checkpoint_config(path: str, kind: str) -> dict[str, Any]:
+GENERATOR_KINDS = ("vae", "gan", "diffusion")
+
+
+def checkpoint_config(path: str, kind: str) -> dict[str, Any]:
+  """The config of the checkpoint at `path`, which must hold a `kind` ("generator": any)."""
   info = _checkpoint.read_checkpoint_info(path)
-  kinds = ("vae", "gan") if kind == "vae" else (kind,)  # any generator
+  kinds = GENERATOR_KINDS if kind in ("vae", "generator") else (kind,)
   if info["kind"] not in kinds:
     raise ValueError(f"{path} holds a {info['kind']}, not a {' or a '.join(kinds)}")
-  return info["config"]
+  return {**info["config"], "kind": info["kind"]}
+
+
+def check_edit(config, generator: dict[str, Any] | None) -> None:
+  """Checks a run's diffusion edit options against its generator's checkpoint config (None:
+  the VAE a preset trains)."""
+  if not (config.ddim_steps or config.edit_depth):
+    return
+  if generator is None or generator.get("kind") != "diffusion":
+    kind = "a VAE trained by the preset" if generator is None else f"a {generator['kind']}"
+    raise ValueError(f"ddim_steps and edit_depth set a diffusion generator's edit; the "
+                     f"generator is {kind}")
+  timesteps = generator["schedule"].get("num_train_timesteps", 1000)
+  if config.ddim_steps > timesteps:
+    raise ValueError(f"ddim_steps must be at most the diffusion model's {timesteps} training "
+                     f"timesteps; got {config.ddim_steps}")
+
+
+def _image_shape(model: dict[str, Any]):
+  """A checkpoint config's image shape (a diffusion model's is its UNet's)."""
+  return model.get("image_shape", model.get("unet", {}).get("image_shape", []))
 
 
 def check_checkpoints(config) -> None:
@@ -147,13 +174,18 @@ def check_checkpoints(config) -> None:
     path = spec or os.path.join(config.out, "models", folder)
     if spec is None and not os.path.exists(path):
       continue  # trained by the recipe, which fits the dataset
-    model = _checkpoint_config(path, kind)
-    if list(model.get("image_shape", [])) != shape:
-      raise ValueError(f"the {kind} at {path} takes images of shape {model.get('image_shape')}; "
+    model = checkpoint_config(path, kind)
+    if list(_image_shape(model)) != shape:
+      raise ValueError(f"the {kind} at {path} takes images of shape {_image_shape(model)}; "
                        f"{config.dataset} images are {shape}")
     paths[kind] = path
+    if kind == "vae":
+      check_edit(config, model)
+  if "vae" not in paths and not (config.generator is not None
+                                 and _sources.is_import_string(config.generator)):
+    check_edit(config, None)
   if "classifier" in paths:
-    model = _checkpoint_config(paths["classifier"], "classifier")
+    model = checkpoint_config(paths["classifier"], "classifier")
     names, count, where = tuple(model.get("output_names", ())), model.get("num_outputs"), \
         f" at {paths['classifier']}"
   elif config.classifier is not None:

@@ -41,6 +41,10 @@ class Recipe:
       data-free attack's manifold model.
     translator_epochs: training length of a `Translator` (its critic has the
       classifier's widths).
+    diffusion_widths, diffusion_attention: a diffusion generator's UNet: its
+      widths, and which levels have attention (the up blocks mirror them).
+    diffusion_epochs, diffusion_steps, diffusion_depth: its training length,
+      and its edit's DDIM steps and depth (both can be changed when explaining).
   """
 
   latent_dim: int
@@ -59,6 +63,11 @@ class Recipe:
   quick_classifier_epochs: int = 1
   duq_epochs: int = 3
   translator_epochs: int = 3
+  diffusion_widths: tuple[int, ...] = (16, 32)
+  diffusion_attention: tuple[bool, ...] = (False, True)
+  diffusion_epochs: int = 1
+  diffusion_steps: int = 10
+  diffusion_depth: float = 0.5
 
 
 RECIPES = {
@@ -69,14 +78,15 @@ RECIPES = {
     "digits": Recipe(8, (32, 64), 0.25, (32, 64), (24, 48, 96), 60, 40, 128,
                      gan_latent_dim=8, gan_widths=(32, 64), gan_epochs=60,
                      quick_vae_epochs=20, quick_classifier_epochs=10, duq_epochs=20,
-                     translator_epochs=20),
+                     translator_epochs=20, diffusion_widths=(32, 64), diffusion_epochs=30),
     # At beta 0.5 the classifier (99.0% on the test digits) agrees with 96.8%
     # of the VAE's test reconstructions (experiments/RESULTS.md, "Models").
     "mnist": Recipe(16, (32, 64), 0.5, (32, 64), (24, 48, 96), 10, 5, 128,
                     gan_latent_dim=32, gan_widths=(32, 64), gan_epochs=10),
     "celeba": Recipe(128, (32, 64, 128, 256), 1.0, (32, 64, 128, 256), (24, 48, 96, 192),
                      20, 10, 64, gan_latent_dim=128, gan_widths=(32, 64, 128, 256),
-                     gan_epochs=20),
+                     gan_epochs=20, diffusion_widths=(32, 64, 64, 128),
+                     diffusion_attention=(False, False, True, False), diffusion_epochs=5),
 }
 
 
@@ -129,6 +139,23 @@ def vae_config(dataset: str, image_shape, *, latent_dim=None, widths=None,
                            beta=r.beta if beta is None else beta)
 
 
+def diffusion_config(dataset: str, image_shape, *, widths=None, steps=None,
+                     depth=None) -> _models.DiffusionConfig:
+  """The dataset's `DiffusionConfig`: a UNet with the recipe's widths and attention, DDPM's
+  linear schedule over 1,000 timesteps, and the recipe's edit; any of them overridden."""
+  from cfajax import _models
+  r = recipe(dataset)
+  widths = tuple(widths or r.diffusion_widths)
+  attention = (r.diffusion_attention if len(widths) == len(r.diffusion_attention)
+               else (False,) * (len(widths) - 1) + (True,))
+  groups = 8 if all(w % 8 == 0 for w in widths) else 1
+  unet = _models.UNetConfig(image_shape=tuple(image_shape), widths=widths,
+                            down_attention=attention, up_attention=attention[::-1],
+                            groups=groups)
+  return _models.DiffusionConfig(unet, _models.NoiseSchedule(), steps=steps or r.diffusion_steps,
+                                 depth=depth or r.diffusion_depth)
+
+
 def classifier_config(dataset: str, image_shape, *, attributes=None, oracle: bool = False,
                       widths=None, depth=None, dense_width=None) -> _models.ClassifierConfig:
   """The dataset's `ClassifierConfig`: 10 softmax classes, or CelebA attributes.
@@ -165,7 +192,7 @@ def default_train_part(kind: str, oracle: bool = False) -> str:
   """A VAE learns from all of the training split, a classifier from its first
   half and the oracle from its second half, so the oracle never saw the
   classifier's examples."""
-  if kind in ("vae", "gan", "duq", "translator"):
+  if kind in ("vae", "gan", "duq", "translator", "diffusion"):
     return "all"
   return "second-half" if oracle else "first-half"
 
@@ -186,14 +213,16 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
                 batch_size: int | None = None, learning_rate: float | None = None,
                 weight_decay: float = 0.0, latent_dim=None, beta=None, widths=None,
                 depth=None, dense_width=None, attributes=None, r1_gamma=None,
-                progress: bool = True, on_epoch=None):
+                ema_decay=None, steps=None, edit_depth=None, progress: bool = True,
+                on_epoch=None):
   """Builds and trains a model by the dataset's recipe; any option overrides it.
 
   Args:
-    kind: "vae", "classifier", "gan", "duq" (a manifold model for the
-      data-free attack) or "translator" (a counterfactual generator and its
-      classifier-discriminator); the last two learn the dataset's classes, or
-      for CelebA the two values of the one attribute in `attributes`.
+    kind: "vae", "classifier", "gan", "diffusion", "duq" (a manifold model
+      for the data-free attack) or "translator" (a counterfactual generator
+      and its classifier-discriminator); the last two learn the dataset's
+      classes, or for CelebA the two values of the one attribute in
+      `attributes`.
     dataset: the recipe's dataset name.
     train, test: the whole training split and the held-out set.
     oracle: the independent oracle classifier (another architecture; seed 1
@@ -202,6 +231,8 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
     seed: initialises the weights and orders the batches (default 0, or 1
       for the oracle).
     epochs, batch_size: default the recipe's; learning_rate: 1e-3 (2e-4 for a GAN).
+    ema_decay: a diffusion model's weight average (default 0.999).
+    steps, edit_depth: a diffusion model's edit (`diffusion_config`).
     others: as in `train_vae`/`train_classifier`, `vae_config` and
       `classifier_config`.
 
@@ -223,6 +254,19 @@ def train_model(kind: str, dataset: str, train, test, *, oracle: bool = False,
         _models.build_model("gan", config, seed), data, test, epochs=epochs,
         batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 2e-4,
         r1_gamma=r.gan_r1 if r1_gamma is None else r1_gamma, seed=seed, progress=progress,
+        on_epoch=on_epoch)
+    return model, history, _training_info(data, part or default_train_part(kind), seed, epochs,
+                                          batch_size or r.batch_size)
+  if kind == "diffusion":
+    data = train_part(train, part or default_train_part(kind))
+    seed = 0 if seed is None else seed
+    config = diffusion_config(dataset, data.image_shape, widths=widths, steps=steps,
+                              depth=edit_depth)
+    epochs = epochs or r.diffusion_epochs
+    model, history = _train.train_diffusion(
+        _models.build_model("diffusion", config, seed), data, test, epochs=epochs,
+        batch_size=batch_size or r.batch_size, learning_rate=learning_rate or 1e-3,
+        ema_decay=0.999 if ema_decay is None else ema_decay, seed=seed, progress=progress,
         on_epoch=on_epoch)
     return model, history, _training_info(data, part or default_train_part(kind), seed, epochs,
                                           batch_size or r.batch_size)

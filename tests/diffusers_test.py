@@ -20,7 +20,7 @@ from flax import nnx
 
 import cfajax
 from cfajax import _diffusers
-from cfajax import _diffusion
+from cfajax._models import diffusion as _diffusion
 
 from conftest import enable_x64
 

@@ -11,10 +11,11 @@ pair, e.g. for a model trained elsewhere:
     >>> result = cfajax.counterfactual_attack(pca.decode, classifier, z, target=3)
     >>> counterfactuals = pca.decode(result.z)                 # (8, 8, 8, 1)
 
-One family a module: `vae`, `classifier`, `gan`, `duq` and `translator`, each
-its config and its module; `_base` the generator pair and the configs' JSON
-form; `_layers` the convolutional blocks they share; `_registry` every family
-by name, for checkpoints.
+One family a module: `vae`, `classifier`, `gan`, `duq`, `translator` and
+`diffusion` (with `unet`, its noise predictor), each its config and its
+module; `_base` the generator pair and the configs' JSON form; `_layers` the
+convolutional blocks they share; `_registry` every family by name, for
+checkpoints.
 """
 
 from cfajax._models._base import Generator
@@ -28,6 +29,9 @@ from cfajax._models.classifier import Classifier
 from cfajax._models.classifier import ClassifierConfig
 from cfajax._models.classifier import OneOutput
 from cfajax._models.classifier import select_output
+from cfajax._models.diffusion import DiffusionConfig
+from cfajax._models.diffusion import DiffusionGenerator
+from cfajax._models.diffusion import NoiseSchedule
 from cfajax._models.duq import DUQ
 from cfajax._models.duq import Centroid
 from cfajax._models.duq import DUQConfig
@@ -47,7 +51,8 @@ from cfajax._models.vae import gaussian_kl
 
 __all__ = [
     "DUQ", "HEADS", "Centroid", "Classifier", "ClassifierConfig", "ConvDiscriminator", "ConvGAN",
-    "ConvGenerator", "ConvVAE", "DUQConfig", "GANConfig", "Generator", "OneOutput",
+    "ConvGenerator", "ConvVAE", "DUQConfig", "DiffusionConfig", "DiffusionGenerator",
+    "NoiseSchedule", "GANConfig", "Generator", "OneOutput",
     "TranslationNet", "Translator", "TranslatorConfig", "UNet", "UNetConfig", "VAEConfig",
     "_depth_to_space",
     "bernoulli_bce", "build_model", "gaussian_kl", "max_pool_2x2", "model_kind", "select_output",

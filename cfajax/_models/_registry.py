@@ -9,6 +9,9 @@ from flax import nnx
 
 from cfajax._models.classifier import Classifier
 from cfajax._models.classifier import ClassifierConfig
+from cfajax._models.diffusion import DiffusionConfig
+from cfajax._models.diffusion import DiffusionGenerator
+from cfajax._models.diffusion import build_diffusion
 from cfajax._models.duq import DUQ
 from cfajax._models.duq import DUQConfig
 from cfajax._models.gan import ConvGAN
@@ -30,13 +33,16 @@ def build_model(kind: Literal["duq"], config, seed: int = 0) -> DUQ: ...
 @overload
 def build_model(kind: Literal["translator"], config, seed: int = 0) -> Translator: ...
 @overload
+def build_model(kind: Literal["diffusion"], config, seed: int = 0) -> DiffusionGenerator: ...
+@overload
 def build_model(kind: str, config, seed: int = 0) -> nnx.Module: ...
 def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
-  """Builds the model of `kind` ("vae", "classifier", "gan", "duq" or "translator") from
-  its config."""
+  """Builds the model of `kind` ("vae", "classifier", "gan", "duq", "translator" or
+  "diffusion") from its config."""
   models = {"vae": (ConvVAE, VAEConfig), "classifier": (Classifier, ClassifierConfig),
             "gan": (ConvGAN, GANConfig), "duq": (DUQ, DUQConfig),
-            "translator": (Translator, TranslatorConfig)}
+            "translator": (Translator, TranslatorConfig),
+            "diffusion": (build_diffusion, DiffusionConfig)}
   if kind not in models:
     raise ValueError(f"kind must be one of {sorted(models)}; got {kind!r}")
   module, config_type = models[kind]
@@ -48,10 +54,10 @@ def build_model(kind: str, config, seed: int = 0) -> nnx.Module:
 
 
 def model_kind(model) -> str:
-  """"vae", "classifier", "gan", "duq" or "translator"."""
+  """"vae", "classifier", "gan", "duq", "translator" or "diffusion"."""
   for kind, cls in (("vae", ConvVAE), ("classifier", Classifier), ("gan", ConvGAN),
-                    ("duq", DUQ), ("translator", Translator)):
+                    ("duq", DUQ), ("translator", Translator), ("diffusion", DiffusionGenerator)):
     if isinstance(model, cls):
       return kind
-  raise TypeError(f"expected a ConvVAE, Classifier, ConvGAN, DUQ or Translator; got "
-                  f"{type(model).__name__}")
+  raise TypeError(f"expected a ConvVAE, Classifier, ConvGAN, DUQ, Translator or "
+                  f"DiffusionGenerator; got {type(model).__name__}")

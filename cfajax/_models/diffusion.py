@@ -11,7 +11,9 @@ memory holds one step's activations and K states, not K steps' activations.
 
 `NoiseSchedule` holds diffusers' `DDIMScheduler` options; `ddim_step` and
 `ddim_inverse_step` are its and `DDIMInverseScheduler`'s updates, checked
-against them in tests/diffusers_test.py.
+against them in tests/diffusers_test.py. `DiffusionConfig` (the UNet's config,
+the schedule, and the edit's steps and depth) rebuilds a generator from a
+checkpoint, as the other families' configs do.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flax import nnx
 
 from cfajax._models._base import _Config
 from cfajax._models.unet import UNet
+from cfajax._models.unet import UNetConfig
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -105,8 +108,14 @@ def _predictions(schedule: NoiseSchedule, model_output, sample, alpha):
 
 def _alphas(schedule: NoiseSchedule, sample) -> jax.Array:
   """alpha-bar (T,) as the sample's float type (float32 at least): the float32 schedule,
-  whose updates are then computed in float64 for a float64 sample."""
-  return jnp.asarray(schedule.alphas_cumprod(), jnp.promote_types(sample.dtype, jnp.float32))
+  whose updates are then computed in float64 for a float64 sample.
+
+  The table enters the program as its float32 bits (uint32): it is the schedule, not a
+  weight, and a model run in bfloat16 keeps it exact (the attack's check for wider
+  floating-point constants, which a cast to bfloat16 cannot reach, rightly passes it)."""
+  bits = schedule.alphas_cumprod().view(np.uint32)
+  alphas = jax.lax.bitcast_convert_type(jnp.asarray(bits), jnp.float32)
+  return alphas.astype(jnp.promote_types(sample.dtype, jnp.float32))
 
 
 def _alpha(schedule: NoiseSchedule, alphas, t, edge):
@@ -138,6 +147,61 @@ def ddim_inverse_step(schedule: NoiseSchedule, model_output, t, sample, steps: i
   return jnp.sqrt(alpha_next) * x0 + jnp.sqrt(1 - alpha_next) * eps
 
 
+def check_edit(schedule: NoiseSchedule, steps, depth) -> None:
+  """Checks a generator's edit options against its schedule, naming the one at fault."""
+  if not (isinstance(steps, int) and not isinstance(steps, bool)
+          and 1 <= steps <= schedule.num_train_timesteps):
+    raise ValueError(f"steps must be an integer in [1, {schedule.num_train_timesteps}] (the "
+                     f"DDIM steps over the whole chain); got {steps!r}")
+  if not (isinstance(depth, (int, float)) and not isinstance(depth, bool) and 0 < depth <= 1):
+    raise ValueError(f"depth must be in (0, 1] (the fraction of the chain edited); got "
+                     f"{depth!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig(_Config):
+  """A diffusion generator's architecture, noise schedule and edit.
+
+  Attributes:
+    unet: the noise predictor's `UNetConfig`.
+    schedule: the `NoiseSchedule` it was trained with.
+    steps: DDIM steps over the whole chain.
+    depth: the fraction of the chain edited, in (0, 1].
+  """
+
+  unet: UNetConfig = UNetConfig()
+  schedule: NoiseSchedule = NoiseSchedule()
+  steps: int = 20
+  depth: float = 0.5
+
+  def __post_init__(self):
+    for name, kind in (("unet", UNetConfig), ("schedule", NoiseSchedule)):
+      value = getattr(self, name)
+      if isinstance(value, dict):
+        object.__setattr__(self, name, kind.from_dict(value))
+      elif not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}; got {type(value).__name__}")
+    check_edit(self.schedule, self.steps, self.depth)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self.unet.image_shape
+
+  @property
+  def latent_dim(self) -> int:
+    return math.prod(self.unet.image_shape)
+
+  def to_dict(self) -> dict:
+    return {"unet": self.unet.to_dict(), "schedule": self.schedule.to_dict(),
+            "steps": self.steps, "depth": self.depth}
+
+
+def build_diffusion(config: DiffusionConfig, *, rngs: nnx.Rngs) -> DiffusionGenerator:
+  """A `DiffusionGenerator` with a fresh UNet, from its config."""
+  return DiffusionGenerator(UNet(config.unet, rngs=rngs), config.schedule, steps=config.steps,
+                            depth=config.depth)
+
+
 class DiffusionGenerator(nnx.Module):
   """A diffusion model as a generator: latents are noisy images at an edit depth.
 
@@ -155,18 +219,31 @@ class DiffusionGenerator(nnx.Module):
 
   def __init__(self, unet: UNet, schedule: NoiseSchedule, *, steps: int = 20,
                depth: float = 0.5, remat: bool = True):
-    if not (isinstance(steps, int) and 1 <= steps <= schedule.num_train_timesteps):
-      raise ValueError(f"steps must be an integer in [1, {schedule.num_train_timesteps}] (the "
-                       f"DDIM steps over the whole chain); got {steps!r}")
-    if not (isinstance(depth, (int, float)) and 0 < depth <= 1):
-      raise ValueError(f"depth must be in (0, 1] (the fraction of the chain edited); got "
-                       f"{depth!r}")
+    check_edit(schedule, steps, depth)
     self.unet = unet
     self.schedule = schedule
     self.steps = steps
     self.depth = float(depth)
     self.remat = remat
     self.image_shape = unet.config.image_shape
+
+  @property
+  def config(self) -> DiffusionConfig:
+    """What rebuilds this generator: the UNet's config, the schedule, steps and depth."""
+    return DiffusionConfig(self.unet.config, self.schedule, self.steps, self.depth)
+
+  @property
+  def latent_dim(self) -> int:
+    """H * W * C: a latent is a noisy image."""
+    return math.prod(self.image_shape)
+
+  def with_edit(self, *, steps: int | None = None, depth: float | None = None,
+                remat: bool | None = None) -> DiffusionGenerator:
+    """This model with other edit options (None keeps this one's); the UNet is shared."""
+    return DiffusionGenerator(
+        self.unet, self.schedule, steps=self.steps if steps is None else steps,
+        depth=self.depth if depth is None else depth,
+        remat=self.remat if remat is None else remat)
 
   @property
   def edit_steps(self) -> int:
@@ -182,7 +259,8 @@ class DiffusionGenerator(nnx.Module):
 
     def step(sample, t):
       eps = nnx.merge(graphdef, state)(sample, jnp.full((sample.shape[0],), t))
-      return update(self.schedule, eps, t, sample, self.steps), None
+      # The schedule's float32 would promote a bfloat16 sample: the carry keeps its type.
+      return update(self.schedule, eps, t, sample, self.steps).astype(sample.dtype), None
 
     if self.remat:
       step = jax.checkpoint(step)
