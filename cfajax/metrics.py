@@ -1,4 +1,5 @@
-"""Counterfactual quality: validity, proximity, oracle agreement and realism.
+"""Counterfactual quality: validity, proximity, oracle agreement and realism, and the
+field's MNAC and COUT (`mnac`, `cout`).
 
 Every function takes host or device arrays and returns numpy values, so the
 same numbers can be computed for a latent-space attack and for the
@@ -30,14 +31,18 @@ from cfajax._attack import counterfactual_attack
 from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
+from cfajax._field_metrics import cout
+from cfajax._field_metrics import mnac
 from cfajax._loop import AttackResult
 from cfajax._loop import target_scores
 from cfajax._status import Status
 
 __all__ = [
     "counterfactual_report",
+    "cout",
     "feature_statistics",
     "frechet_distance",
+    "mnac",
     "oracle_agreement",
     "pixel_attack",
     "pixel_counterfactuals",

@@ -14,7 +14,8 @@ INSTALL = False
 CFAJAX_SOURCE = "cfajax"
 OUT = "runs/colab-4v9"
 FAST = True
-TIMED_LATENTS = 128"""
+TIMED_LATENTS = 128
+DIFFUSERS_REPO = ''"""
 
 
 def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
@@ -38,6 +39,7 @@ def test_colab_notebook_runs_headless(tmp_path, monkeypatch):
   assert "backend: cpu" in text
   assert "class 4 vs 9 on digits" in text and "top global attributions" in text
   assert "latent-steps/s" in text
+  assert "DIFFUSERS_REPO is empty" in text  # a hub download cannot run in CI
   images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
   assert len(images) == 2
   assert (tmp_path / "runs" / "colab-4v9" / "summary.json").is_file()
