@@ -1,19 +1,21 @@
-"""VAE against GAN: the same decisions explained through two generators, on the same images.
+"""VAE, GAN and diffusion model: the same decisions explained through each generator, on the
+same images.
 
 Run (after the `cfajax train` commands in experiments/RESULTS.md, "Models",
-including the GAN's):
+including the GAN's and, for `--edit-depths`, the diffusion model's):
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=.:experiments python experiments/generators.py \\
         --dataset mnist --data-dir ../shared/data --runs runs/mnist
 
-Reads <runs>/vae, <runs>/gan, <runs>/classifier and <runs>/oracle. For each
-explained decision (MNIST: 4 vs 9; CelebA: Young, Attractive, Male) it runs
-`cfajax.explain` twice on the same images with the same classifier, attack
-and attribute table, once with the VAE (latents from its encoder) and once
-with the GAN (latents from `invert`, run once on the explained images and
-once on the attribute table's, and shared by every decision; badly inverted
-images are left out by the pipeline and counted). Both are then measured on
-the images both kept:
+Reads <runs>/vae, <runs>/gan, <runs>/classifier and <runs>/oracle, and with
+`--edit-depths` <runs>/diffusion. For each explained decision (MNIST: 4 vs 9;
+CelebA: Young, Attractive, Male) it runs `cfajax.explain` once per generator
+on the same images with the same classifier, attack and attribute table: the
+VAE (latents from its encoder), the GAN (latents from `invert`, run once on
+the explained images and once on the attribute table's, and shared by every
+decision; badly inverted images are left out by the pipeline and counted),
+and the diffusion model at each edit depth (latents from DDIM inversion). All
+are then measured on the images all kept:
 
 - validity (flip rate) and steps, at threshold 0.5 and, attacking the same
   latents again, at 0.9;
@@ -67,7 +69,7 @@ from common import write_json
 
 LATENT = {"threshold": 0.5, "step_size": 0.1, "max_steps": 500, "objective": "logit"}
 PIXEL = {"threshold": 0.5, "step_size": 0.01, "max_steps": 500, "objective": "logit"}
-GENERATORS = ("vae", "gan")
+GENERATORS = ("vae", "gan")  # and "diffusion@<depth>" per edit depth
 CELEBA_HEADS = ("Young", "Attractive", "Male")
 
 
@@ -124,12 +126,37 @@ def invert_once(gan, x, table, args):
                            "table_median_error": float(np.median(errors))}
 
 
-def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
-  """The metrics of one generator's run on `rows` of its examples.npz."""
+def label(g: str) -> str:
+  """A generator's name in the tables: VAE, GAN, or diffusion (edit depth d)."""
+  if g.startswith("diffusion@"):
+    return f"diffusion, depth {g.split('@')[1]}"
+  return g.upper()
+
+
+def load_generators(args) -> dict:
+  """The VAE, the GAN and the diffusion model at each edit depth, by name."""
+  generators = {g: cfajax.load_model(Path(args.runs) / g) for g in GENERATORS}
+  if args.edit_depths:
+    diffusion = cfajax.load_model(Path(args.runs) / "diffusion")
+    for depth in args.edit_depths.split(","):
+      generators[f"diffusion@{float(depth):g}"] = diffusion.with_edit(
+          depth=float(depth), steps=args.ddim_steps or None)
+  return generators
+
+
+def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds,
+            attribute_oracle=None):
+  """The metrics of one generator's run on `rows` of its examples.npz.
+
+  `attribute_oracle`: (oracle of every attribute, their names, the explained
+  one) for MNAC, or None where there is no attribute oracle (MNIST).
+  """
   z, z_cf, target = ex["z"][rows], ex["z_cf"][rows], ex["target"][rows]
   starts = np.asarray(apply(decode, z))
   out = {"reconstruction_mse_median": float(np.median(np.mean((starts - x) ** 2, (1, 2, 3))))}
   decided = lambda images: np.asarray(apply(classifier, images))
+  logits_x = decided(x)
+  source = 1 - target if logits_x.shape[-1] == 1 else logits_x.argmax(-1)
   same = lambda a, b: ((a.argmax(-1) == b.argmax(-1)) if a.shape[-1] > 1
                        else ((a > 0) == (b > 0))[:, 0])
   out["reconstruction_agreement"] = float(np.mean(same(decided(starts), decided(x))))
@@ -153,7 +180,12 @@ def measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds):
         "oracle_agreement": metrics.oracle_agreement(oracle, cf, target,
                                                      success=success)["agreement"],
         "median_pixel_l2_from_start": float(np.median(l2(cf, starts))),
-        "median_pixel_l2_from_x": float(np.median(l2(cf, x)))}
+        "median_pixel_l2_from_x": float(np.median(l2(cf, x))),
+        "cout": metrics.cout(classifier, x, cf, source, target, success=success)["cout"]}
+    if attribute_oracle is not None:
+      every, names, explained = attribute_oracle
+      out[f"t{threshold}"]["mnac"] = metrics.mnac(every, x, cf, names=names, exclude=(explained,),
+                                                  success=success)["mnac"]
     sets[f"x' at {threshold}"] = cf
   out["frechet"] = {name: metrics.frechet_distance(oracle_features(oracle), images[:fd],
                                                    reference)["distance"]
@@ -177,6 +209,11 @@ def main(argv=None):
   parser.add_argument("--starts", type=int, default=2, help="inversion starts per image")
   parser.add_argument("--inversion-steps", type=int, default=300)
   parser.add_argument("--thresholds", default="0.5,0.9")
+  parser.add_argument("--edit-depths", default="",
+                      help="also the diffusion model at <runs>/diffusion, at these edit depths "
+                      "(comma-separated, e.g. 0.3,0.6)")
+  parser.add_argument("--ddim-steps", type=int, default=0,
+                      help="the diffusion model's DDIM steps (0: its own)")
   parser.add_argument("--report", action="store_true",
                       help="print the tables of the record at --out, running nothing")
   args = parser.parse_args(argv)
@@ -190,12 +227,16 @@ def main(argv=None):
     return
 
   clock = Stopwatch()
-  generators = {g: cfajax.load_model(Path(args.runs) / g) for g in GENERATORS}
+  generators = load_generators(args)
+  full_oracle = cfajax.load_model(Path(args.runs) / "oracle")
   tasks, table, reference, data = decisions(args)
-  record = {"hardware": hardware(), "data": data, "latent_options": LATENT,
+  record = {"hardware": hardware(), "data": data, "generators": list(generators),
+            "latent_options": LATENT,
             "pixel_options": PIXEL, "inversion": {"starts": args.starts,
                                                   "steps": args.inversion_steps},
-            "thresholds": thresholds, "decisions": {}}
+            "thresholds": thresholds, "decisions": {},
+            "edits": {g: m.config.to_dict() | {"edit_steps": m.edit_steps}
+                      for g, m in generators.items() if g.startswith("diffusion@")}}
   clock.lap("load")
   print(data)
   x_all = tasks[0][1]
@@ -215,7 +256,9 @@ def main(argv=None):
                                attack=cfajax.attacks.LatentAttack(**LATENT), log=print)
       runs[g] = (summary, dict(np.load(folder / "examples.npz")))
       clock.lap(f"{name}: explain with the {g}")
-    common = np.intersect1d(runs["vae"][1]["index"], runs["gan"][1]["index"])
+    common = runs["vae"][1]["index"]
+    for _, ex in runs.values():
+      common = np.intersect1d(common, ex["index"])
     x = x_all[common]
     fd = min(args.fd, len(common), len(reference))
     entry = {"explained": len(common), "frechet_images": fd,
@@ -236,7 +279,11 @@ def main(argv=None):
     for g, (summary, ex) in runs.items():
       rows = np.searchsorted(ex["index"], common)
       decode = generators[g].decode
-      result = measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds)
+      every = None
+      if args.dataset == "celeba":  # the oracle's other heads count for MNAC
+        every = (full_oracle, full_oracle.config.output_names, name)
+      result = measure(decode, classifier, oracle, x, ex, rows, fd, reference, thresholds,
+                       every)
       success = ex["status"][rows] == cfajax.Status.REACHED
       names = [str(n) for n in ex["attribute_names"]]
       psi = cfajax.global_attributions(ex["phi"][rows], ex["original_prob"][rows],
@@ -257,15 +304,18 @@ def main(argv=None):
       clock.lap(f"{name}: measure the {g}")
     names = list(entry["vae"]["psi"])
     entry["vae_vs_gan"] = psi_agreement(*([entry[g]["psi"][n] for n in names] for g in GENERATORS))
+    entry["with_vae"] = {g: psi_agreement([entry["vae"]["psi"][n] for n in names],
+                                          [entry[g]["psi"][n] for n in names])
+                         for g in generators if g != "vae"}
     record["decisions"][name] = entry
-    frames = np.stack([figure["vae"][0], figure["vae"][1], figure["gan"][0], figure["gan"][1]],
-                      axis=1)
+    frames = np.stack([image for g in generators for image in figure[g]], axis=1)
     suffix = "" if len(tasks) == 1 else "_" + name.lower()
     progression_grid(FIGURES / f"generators_{args.dataset}{suffix}.png", x[:8], frames,
                      [f"→ {t}" if "classes" in options else f"→ {'' if t else 'not '}{name}"
-                      for t in target[:8]], ["VAE G(E(x))", "VAE x'", "GAN G(z*)",
-                                                      "GAN x'"], diff=False,
-                     title=f"{name}: the same images through two generators (p ≥ 0.5)")
+                      for t in target[:8]],
+                     [f"{label(g)} {part}" for g in generators for part in ("G(z)", "x'")],
+                     diff=False,
+                     title=f"{name}: the same images through each generator (p ≥ 0.5)")
     if x.shape[-1] == 3:  # photos: 256 colours keep the figure small
       quantize_png(FIGURES / f"generators_{args.dataset}{suffix}.png")
   record["wall_seconds"] = clock.stages
@@ -289,24 +339,32 @@ def _each(values, text) -> str:
 def report_tables(record: dict, dataset: str) -> dict:
   """The tables of experiments/RESULTS.md, "VAE against GAN", from a record of this script."""
   entries = record["decisions"]
+  generators = record.get("generators", list(GENERATORS))
   several = len(entries) > 1
   per_decision = f" ({' / '.join(entries)})" if several else ""
   n = _each((e["explained"] for e in entries.values()), str)
   tables = {}
   rows = []
+  measured = [entry[g][f"t{t}"] for entry in entries.values() for g in generators
+              for t in record["thresholds"]]
+  with_cout = any("cout" in m for m in measured)
+  with_mnac = any("mnac" in m for m in measured)
   for name, entry in entries.items():
-    for g in GENERATORS:
+    for g in generators:
       for t in record["thresholds"]:
         m = entry[g][f"t{t}"]
         rows.append([name] * several + [
-            g.upper(), f"{t:g}", percent(m["flip_rate"]),
+            label(g), f"{t:g}", percent(m["flip_rate"]),
             f"{m['median_steps']:g} ({m['p90_steps']:g})", percent(m["oracle_agreement"]),
             _three(m["median_pixel_l2_from_start"]), _three(m["median_pixel_l2_from_x"]),
-            _three(entry[g]["frechet"][f"x' at {t}"])])
+            _three(entry[g]["frechet"][f"x' at {t}"])]
+            + ([f"{m['cout']:.2f}" if "cout" in m else "—"] if with_cout else [])
+            + ([f"{m['mnac']:.2f}" if "mnac" in m else "—"] if with_mnac else []))
   tables["counterfactuals"] = results_table(
       ["decision"] * several + ["generator", "threshold:", "flip rate:", "median steps (p90)",
                                 "oracle agreement:", "pixel L2 from G(z):", "pixel L2 from x:",
-                                "Fréchet of x′:"], rows)
+                                "Fréchet of x′:"]
+      + ["COUT:"] * with_cout + ["MNAC:"] * with_mnac, rows)
   real = "test digits" if dataset == "mnist" else "held-out faces"
   values = list(entries.values())
   rows = [[f"real {real} x (the floor)", _each((e["frechet_real_floor"] for e in values), _three),
@@ -314,8 +372,9 @@ def report_tables(record: dict, dataset: str) -> dict:
           [f"pixel-attack counterfactuals (threshold {PIXEL['threshold']:g}"
            + (f"; {' / '.join(entries)})" if several else ")"),
            " / ".join(_three(e["pixel"]["frechet"]) for e in values), "—", "—", "—"]]
-  for g, label in (("vae", "VAE G(E(x))"), ("gan", "GAN G(z\\*) (inverted)")):
-    rows.append([label, _each((e[g]["frechet"]["G(z)"] for e in values), _three),
+  for g in generators:
+    shown = {"vae": "VAE G(E(x))", "gan": "GAN G(z\\*) (inverted)"}.get(g, f"{label(g)} G(E(x))")
+    rows.append([shown, _each((e[g]["frechet"]["G(z)"] for e in values), _three),
                  _each((e[g]["reconstruction_mse_median"] for e in values), lambda v: f"{v:.4f}"),
                  " / ".join(percent(e[g]["reconstruction_agreement"]) for e in values),
                  _each((e[g]["probes_mean_auc"] for e in values), lambda v: f"{v:.3f}")])
@@ -324,20 +383,27 @@ def report_tables(record: dict, dataset: str) -> dict:
        f"classifier decides G(z) as x{per_decision}", "probe AUC (held out):"], rows)
   rows = []
   for name, entry in entries.items():
-    for g in GENERATORS:
+    for g in generators:
       top = entry[g]["top5"]
       first = "{} {} [{}, {}]".format(top[0]["attribute"], *map(signed, [top[0]["psi"],
                                                                          *top[0]["ci"]]))
       rest = [f"{t['attribute']} {signed(t['psi'])}" for t in top[1:]]
       half = entry[g]["split_half"]
       rows.append([name] * several + [
-          g.upper(), ", ".join([first, *rest]),
+          label(g), ", ".join([first, *rest]),
           f"{half['top5_overlap_mean']:.2f} ({half['top5_overlap_min']:.1f})",
           f"{half['rank_correlation_mean']:.2f}"])
   tables["top 5"] = results_table(
       ["decision"] * several + ["generator", "top 5", "top-5 overlap between halves (min):",
                                 "Spearman ρ of \\|ψ\\| between halves:"], rows)
-  if all("vae_vs_gan" in e for e in values):
+  if all("with_vae" in e for e in values):
+    tables["against the VAE"] = results_table(
+        ["decision", "generator", "top 5 shared with the VAE's:", "Spearman ρ of \\|ψ\\|:",
+         "correlation of ψ:"],
+        [[name, label(g), str(a["top_shared"]), f"{a['rank_correlation']:.2f}",
+          f"{a['signed_correlation']:.2f}"]
+         for name, entry in entries.items() for g, a in entry["with_vae"].items()])
+  elif all("vae_vs_gan" in e for e in values):
     tables["VAE against GAN"] = results_table(
         ["decision", "VAE and GAN: top 5 shared:", "Spearman ρ of \\|ψ\\|:",
          "correlation of ψ:"],
