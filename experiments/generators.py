@@ -32,9 +32,9 @@ are then measured on the images all kept:
 - top-5 global attributions with 95% bootstrap intervals, and their
   stability over 100 random halvings of the images.
 
-Writes experiments/results/generators_<dataset>.json, prints the markdown
-tables of experiments/RESULTS.md, and draws
-experiments/figures/generators_<dataset>.png. `--report` prints the tables
+Writes experiments/results/generators_<dataset>.json (or --out), prints the
+markdown tables of experiments/RESULTS.md, and draws the figure of the same
+name in experiments/figures. `--report` prints the tables
 of the record at --out, running nothing.
 """
 
@@ -310,14 +310,15 @@ def main(argv=None):
     record["decisions"][name] = entry
     frames = np.stack([image for g in generators for image in figure[g]], axis=1)
     suffix = "" if len(tasks) == 1 else "_" + name.lower()
-    progression_grid(FIGURES / f"generators_{args.dataset}{suffix}.png", x[:8], frames,
+    figure_path = FIGURES / f"{out.stem}{suffix}.png"  # generators_<dataset> by default
+    progression_grid(figure_path, x[:8], frames,
                      [f"→ {t}" if "classes" in options else f"→ {'' if t else 'not '}{name}"
                       for t in target[:8]],
                      [f"{label(g)} {part}" for g in generators for part in ("G(z)", "x'")],
                      diff=False,
                      title=f"{name}: the same images through each generator (p ≥ 0.5)")
     if x.shape[-1] == 3:  # photos: 256 colours keep the figure small
-      quantize_png(FIGURES / f"generators_{args.dataset}{suffix}.png")
+      quantize_png(figure_path)
   record["wall_seconds"] = clock.stages
   write_json(out, record)
   print_report(command, report_tables(record, args.dataset))
