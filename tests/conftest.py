@@ -36,6 +36,16 @@ TINY_VAE = cfajax.VAEConfig((8, 8, 1), latent_dim=4, widths=(8, 16))
 TINY_CLASSIFIER = cfajax.ClassifierConfig((8, 8, 1), 10, widths=(8, 16), dense_width=16)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+  """Drops each test module's compiled programs when it ends: the suite compiles a few
+  thousand, which none of the later modules reuses, and holding them all grows the
+  process for nothing (a run of the whole suite on the Colab stack once crashed inside
+  XLA's compiler late in the run; the module it crashed in passed alone)."""
+  yield
+  jax.clear_caches()
+
+
 @pytest.fixture
 def tiny_vae():
   return cfajax.ConvVAE(TINY_VAE, rngs=nnx.Rngs(0))
