@@ -224,7 +224,7 @@ def explain(config: ExplainConfig | None = None, *, classifier=None, generator=N
   if attack is not None:
     options["attack"] = attack if isinstance(attack, str) else attacks.check_value(attack)
   config, objects = _split_inputs(config, objects, options)
-  check_config(config)
+  check_config(config, generator_given=objects["generator"] is not None)
   config = with_quick_defaults(config)
   log = log or (lambda message: None)
   leader = jax.process_index() == 0

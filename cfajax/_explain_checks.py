@@ -34,8 +34,10 @@ def _optional_path(name: str, value) -> None:
     raise ValueError(f"{name} must be a path or None; got {type(value).__name__} {value!r}")
 
 
-def check_config(config: ExplainConfig) -> None:
+def check_config(config: ExplainConfig, *, generator_given: bool = False) -> None:
   """Checks every option's type and range, and a preset's checkpoints, before any work.
+
+  `generator_given`: a generator object was passed to `explain`, so a preset trains none.
 
   Raises:
     ValueError: an option of the wrong type or out of range, classes the
@@ -106,7 +108,8 @@ def check_config(config: ExplainConfig) -> None:
   _checks.integer("num_figure_examples", c.num_figure_examples, low=0)
   _checks.integer("seed", c.seed, low=0)
   if c.dataset is not None:
-    _presets.check_checkpoints(c)  # reads the checkpoints' configs, not their weights
+    # Reads the checkpoints' configs, not their weights.
+    _presets.check_checkpoints(c, generator_given)
   elif isinstance(c.generator, (str, os.PathLike)) and not _sources.is_import_string(
       c.generator) and os.path.isdir(c.generator):
     _presets.check_edit(c, _presets.checkpoint_config(str(c.generator), "generator"))

@@ -162,8 +162,9 @@ def _image_shape(model: dict[str, Any]):
   return model.get("image_shape", model.get("unet", {}).get("image_shape", []))
 
 
-def check_checkpoints(config) -> None:
-  """Checks the checkpoints a preset will use (named, or already in out/models) fit it."""
+def check_checkpoints(config, generator_given: bool = False) -> None:
+  """Checks the checkpoints a preset will use (named, or already in out/models) fit it;
+  `generator_given`: the user passed a generator object, checked once it is read."""
   assert config.dataset is not None and config.out is not None  # a preset's, checked already
   shape = list(_recipes.image_shape(config.dataset, image_size(config)))
   paths = {}
@@ -179,10 +180,10 @@ def check_checkpoints(config) -> None:
       raise ValueError(f"the {kind} at {path} takes images of shape {_image_shape(model)}; "
                        f"{config.dataset} images are {shape}")
     paths[kind] = path
-    if kind == "vae":
+    if kind == "vae" and not generator_given:
       check_edit(config, model)
-  if "vae" not in paths and not (config.generator is not None
-                                 and _sources.is_import_string(config.generator)):
+  if "vae" not in paths and not generator_given and not (
+      config.generator is not None and _sources.is_import_string(config.generator)):
     check_edit(config, None)
   if "classifier" in paths:
     model = checkpoint_config(paths["classifier"], "classifier")

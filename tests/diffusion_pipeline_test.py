@@ -136,3 +136,12 @@ def test_the_attack_runs_through_it_in_bfloat16(trained):
   low = nnx.merge(graphdef, jax.tree_util.tree_map(
       lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, state))
   assert low.decode(z[:1].astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_edit_options_with_a_generator_object_for_a_preset_are_checked_on_the_object(tmp_path):
+  # No VAE is trained when the user passes a generator: the options are checked on it.
+  from cfajax._explain_checks import check_config
+  config = cfajax.ExplainConfig(dataset="digits", out=str(tmp_path / "run"), edit_depth=0.5)
+  check_config(config, generator_given=True)
+  with pytest.raises(ValueError, match="the generator is a VAE trained by the preset"):
+    check_config(config)
