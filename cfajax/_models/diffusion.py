@@ -106,7 +106,7 @@ def _predictions(schedule: NoiseSchedule, model_output, sample, alpha):
   return x0, eps
 
 
-def _alphas(schedule: NoiseSchedule, sample) -> jax.Array:
+def alphas_like(schedule: NoiseSchedule, sample) -> jax.Array:
   """alpha-bar (T,) as the sample's float type (float32 at least): the float32 schedule,
   whose updates are then computed in float64 for a float64 sample.
 
@@ -126,7 +126,7 @@ def _alpha(schedule: NoiseSchedule, alphas, t, edge):
 def ddim_step(schedule: NoiseSchedule, model_output, t, sample, steps: int):
   """One deterministic DDIM step from timestep t to t - T // steps (diffusers'
   `DDIMScheduler.step`, eta 0): the sample one step less noisy."""
-  alphas = _alphas(schedule, sample)
+  alphas = alphas_like(schedule, sample)
   edge = 1.0 if schedule.set_alpha_to_one else alphas[0]
   alpha = alphas[t]
   alpha_prev = _alpha(schedule, alphas, t - schedule.num_train_timesteps // steps, edge)
@@ -137,7 +137,7 @@ def ddim_step(schedule: NoiseSchedule, model_output, t, sample, steps: int):
 def ddim_inverse_step(schedule: NoiseSchedule, model_output, t, sample, steps: int):
   """One DDIM inversion step to timestep t from t - T // steps (diffusers'
   `DDIMInverseScheduler.step`; `model_output` is the network's at label t)."""
-  alphas = _alphas(schedule, sample)
+  alphas = alphas_like(schedule, sample)
   edge = 1.0 if schedule.set_alpha_to_one else alphas[0]
   source = jnp.minimum(t - schedule.num_train_timesteps // steps,
                        schedule.num_train_timesteps - 1)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from cfajax._batching import map_batches
 from cfajax._models import DiffusionGenerator
+from cfajax._models.diffusion import alphas_like
 from cfajax._train._epochs import History
 from cfajax._train._epochs import _checked_images
 from cfajax._train._epochs import _fit
@@ -26,7 +27,7 @@ def _noised(schedule, x: jax.Array, key: jax.Array):
   t_key, noise_key = jax.random.split(key)
   t = jax.random.randint(t_key, (x.shape[0],), 0, schedule.num_train_timesteps)
   noise = jax.random.normal(noise_key, x.shape, x.dtype)
-  alpha = jnp.asarray(schedule.alphas_cumprod(), x.dtype)[t][:, None, None, None]
+  alpha = alphas_like(schedule, x)[t][:, None, None, None]
   return jnp.sqrt(alpha) * (2 * x - 1) + jnp.sqrt(1 - alpha) * noise, t, noise
 
 
