@@ -1,5 +1,6 @@
 """Counterfactual quality: validity, proximity, oracle agreement and realism, and the
-field's MNAC and COUT (`mnac`, `cout`).
+field's MNAC and COUT (`mnac`, `cout`), FID and LPIPS (`fid`, `lpips`, from the standard
+weight files the user supplies).
 
 Every function takes host or device arrays and returns numpy values, so the
 same numbers can be computed for a latent-space attack and for the
@@ -31,17 +32,24 @@ from cfajax._attack import counterfactual_attack
 from cfajax._batching import apply_batched
 from cfajax._batching import map_batches
 from cfajax._callables import as_pure_callable
+from cfajax._feature_nets import frechet
 from cfajax._field_metrics import cout
 from cfajax._field_metrics import mnac
+from cfajax._inception import fid
+from cfajax._inception import inception_features
 from cfajax._loop import AttackResult
 from cfajax._loop import target_scores
+from cfajax._lpips import lpips
 from cfajax._status import Status
 
 __all__ = [
     "counterfactual_report",
     "cout",
     "feature_statistics",
+    "fid",
     "frechet_distance",
+    "inception_features",
+    "lpips",
     "mnac",
     "oracle_agreement",
     "pixel_attack",
@@ -256,20 +264,6 @@ def feature_statistics(features: Callable, images, *,
   return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-  values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-  return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-
-
-def _frechet(mean_a, cov_a, mean_b, cov_b) -> float:
-  # tr sqrt(A B) = tr sqrt(A^1/2 B A^1/2), whose argument is symmetric PSD:
-  # its eigenvalues are real and >= 0 up to round-off, so no complex sqrtm.
-  root_a = _psd_sqrt(cov_a)
-  cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-  trace = np.trace(cov_a) + np.trace(cov_b) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None)))
-  return float(np.sum((mean_a - mean_b) ** 2) + trace)
-
-
 def frechet_distance(features: Callable, images, reference, *, success=None,
                      batch_size: int = 256) -> dict[str, Any]:
   """The Fréchet distance between two image sets in a network's feature space.
@@ -301,7 +295,7 @@ def frechet_distance(features: Callable, images, reference, *, success=None,
   mean_b, cov_b = feature_statistics(features, reference, batch_size=batch_size)
   if mean_a.shape != mean_b.shape:
     raise ValueError(f"the two sets have {mean_a.shape[0]} and {mean_b.shape[0]} features")
-  return {"distance": _frechet(mean_a, cov_a, mean_b, cov_b), "n": len(images),
+  return {"distance": frechet(mean_a, cov_a, mean_b, cov_b), "n": len(images),
           "n_reference": len(_images("reference", reference))}
 
 
